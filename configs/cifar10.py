@@ -1,0 +1,23 @@
+"""CIFAR-10, 30 epochs, crop+flip, G2GNet mixer with p' = 0.15 unless a row is named.
+
+  python -m g2g_jax.main --config=configs/cifar10.py --workdir=/tmp/g2g/cifar10
+  python -m g2g_jax.main --config=configs/cifar10.py:fc_v2 --workdir=/tmp/g2g/cifar10_fc_v2
+
+Data: tfds, or cifar-10-batches-bin / cifar-10-batches-py under data.dir
+(default ~/.cache/g2g_jax). On machines without internet, the JPEG copy in
+../shared/data: `python3 ../shared/data/prepare_cifar10.py ~/.cache/g2g_jax`
+(results from it must say they come from the JPEG copy).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import default  # noqa: E402  (configs/default.py, wherever this file is run from)
+
+
+def get_config(row: str = 'g2g'):
+  config = default.get_config(row)
+  config.data.name = 'cifar10'
+  config.model.patch_grid = 4  # 8x8 patches of a 32x32 image
+  return config

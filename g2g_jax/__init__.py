@@ -1,0 +1,24 @@
+"""G2GNet in JAX/Flax: sparse, modular group-to-group connectivity for feedforward layers."""
+
+from g2g_jax.connectivity import ConnectivitySpec, accounting, make_masks
+from g2g_jax.data import load_dataset
+from g2g_jax.experiment import ConfigError, Experiment, parse_config
+from g2g_jax.models import G2GNet
+from g2g_jax.state import TrainState
+from g2g_jax.train import eval_step, make_train_state, train_and_evaluate, train_step
+
+__all__ = [
+  'ConfigError',
+  'ConnectivitySpec',
+  'Experiment',
+  'G2GNet',
+  'TrainState',
+  'accounting',
+  'eval_step',
+  'load_dataset',
+  'make_masks',
+  'make_train_state',
+  'parse_config',
+  'train_and_evaluate',
+  'train_step',
+]

@@ -1,0 +1,382 @@
+"""Datasets as in-memory uint8 arrays, from tfds, local official-format files or synthetic.
+
+All datasets used here fit in memory many times over, so a split is two arrays:
+images uint8 [N, H, W, C] and labels int32 [N]. Scaling to [0, 1] and augmentation
+happen on the device, inside the jitted step (see `augment`).
+
+Source order for `source='auto'`: tfds if it already holds a prepared copy; the local
+official-format files under `data_dir` (and the Debian location for Fashion-MNIST);
+a tfds download when `download` is on and the network answers at once; else an error
+that says where it looked.
+"""
+
+import codecs
+import dataclasses
+import gzip
+import io
+import os
+import pickle
+import socket
+import struct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  num_train: int
+  num_test: int
+  augment: str  # what 'auto' augmentation means for this dataset
+
+
+DATASETS = {
+  'fashion_mnist': DatasetInfo((28, 28, 1), 10, 60000, 10000, 'none'),
+  'cifar10': DatasetInfo((32, 32, 3), 10, 50000, 10000, 'crop_flip'),
+  'cifar100': DatasetInfo((32, 32, 3), 100, 50000, 10000, 'crop_flip'),
+  'synthetic': None,  # shape from SyntheticSpec
+}
+SOURCES = ('auto', 'tfds', 'local', 'synthetic')
+AUGMENTS = ('auto', 'none', 'crop_flip')
+DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+DEFAULT_DATA_DIR = '~/.cache/g2g_jax'
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSpec:
+  """A learnable stand-in for a real dataset (see make_synthetic)."""
+
+  num_train: int = 512
+  num_test: int = 256
+  image_size: int = 28
+  channels: int = 1
+  num_classes: int = 10
+  noise: float = 0.5  # std of the per-example noise, in units of the pixel range
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  source: str  # where the arrays came from, for the log
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return self.train_images.shape[1:]
+
+
+class DataNotFoundError(FileNotFoundError):
+  pass
+
+
+def dataset_info(name: str, synthetic: SyntheticSpec = SyntheticSpec()) -> DatasetInfo:
+  """Static facts about a dataset, known without loading it."""
+  if name == 'synthetic':
+    shape = (synthetic.image_size, synthetic.image_size, synthetic.channels)
+    return DatasetInfo(shape, synthetic.num_classes, synthetic.num_train, synthetic.num_test, 'none')
+  return DATASETS[name]
+
+
+# ---------------------------------------------------------------------------------
+# Local official formats.
+
+
+def _open_maybe_gz(path: str) -> bytes:
+  for candidate in (path, path + '.gz'):
+    if os.path.exists(candidate):
+      opener = gzip.open if candidate.endswith('.gz') else open
+      with opener(candidate, 'rb') as f:
+        return f.read()
+  raise DataNotFoundError(path)
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads an IDX file (MNIST / Fashion-MNIST format), gzipped or not."""
+  raw = _open_maybe_gz(path)
+  zero, dtype_code, ndim = struct.unpack('>HBB', raw[:4])
+  if zero != 0 or dtype_code != 0x08:
+    raise ValueError(f'{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})')
+  shape = struct.unpack(f'>{ndim}I', raw[4 : 4 + 4 * ndim])
+  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+  if data.size != int(np.prod(shape)):
+    raise ValueError(f'{path}: header says {shape}, file holds {data.size} bytes')
+  return data.reshape(shape)
+
+
+def _fashion_mnist_dirs(data_dir: str) -> list[str]:
+  return [
+    data_dir,
+    os.path.join(data_dir, 'fashion-mnist'),
+    os.path.join(data_dir, 'fashion_mnist'),
+    DEBIAN_FASHION_MNIST,
+  ]
+
+
+def load_fashion_mnist_idx(directory: str):
+  def split(prefix):
+    images = read_idx(os.path.join(directory, f'{prefix}-images-idx3-ubyte'))
+    labels = read_idx(os.path.join(directory, f'{prefix}-labels-idx1-ubyte'))
+    return images[..., None], labels.astype(np.int32)
+
+  return (*split('train'), *split('t10k'))
+
+
+def load_cifar_bin(directory: str):
+  """cifar-10-batches-bin: records of 1 label byte + 3072 pixel bytes (CHW)."""
+
+  def read(names):
+    raw = np.concatenate([np.fromfile(os.path.join(directory, n), np.uint8) for n in names])
+    if raw.size % 3073:
+      raise ValueError(f'{directory}: {names} hold {raw.size} bytes, not a multiple of 3073')
+    records = raw.reshape(-1, 3073)
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), records[:, 0].astype(np.int32)
+
+  for n in [f'data_batch_{i}.bin' for i in range(1, 6)] + ['test_batch.bin']:
+    if not os.path.exists(os.path.join(directory, n)):
+      raise DataNotFoundError(os.path.join(directory, n))
+  return (*read([f'data_batch_{i}.bin' for i in range(1, 6)]), *read(['test_batch.bin']))
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+  """Admits plain containers, numbers, strings, bytes and numpy arrays, nothing else.
+
+  The official `-py` CIFAR files are pickles; `pickle.load` on a file from elsewhere
+  can run arbitrary code, this cannot.
+  """
+
+  _np_core = getattr(np, '_core', None) or np.core
+  ALLOWED = {
+    ('numpy.core.multiarray', '_reconstruct'): _np_core.multiarray._reconstruct,
+    ('numpy._core.multiarray', '_reconstruct'): _np_core.multiarray._reconstruct,
+    ('numpy.core.multiarray', 'scalar'): _np_core.multiarray.scalar,
+    ('numpy._core.multiarray', 'scalar'): _np_core.multiarray.scalar,
+    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'dtype'): np.dtype,
+    # Protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(text, 'latin1').
+    ('_codecs', 'encode'): codecs.encode,
+  }
+
+  def find_class(self, module, name):
+    if (module, name) in self.ALLOWED:
+      return self.ALLOWED[(module, name)]
+    raise pickle.UnpicklingError(f'refusing to load {module}.{name}: only plain data and numpy arrays are allowed')
+
+
+def restricted_load(path: str) -> dict:
+  with open(path, 'rb') as f:
+    return _RestrictedUnpickler(io.BytesIO(f.read()), encoding='bytes').load()
+
+
+def _cifar_pickle(path: str, label_key: bytes):
+  if not os.path.exists(path):
+    raise DataNotFoundError(path)
+  d = restricted_load(path)
+  images = np.asarray(d[b'data'], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return np.ascontiguousarray(images), np.asarray(d[label_key], np.int32)
+
+
+def load_cifar10_py(directory: str):
+  parts = [_cifar_pickle(os.path.join(directory, f'data_batch_{i}'), b'labels') for i in range(1, 6)]
+  x_test, y_test = _cifar_pickle(os.path.join(directory, 'test_batch'), b'labels')
+  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), x_test, y_test
+
+
+def load_cifar100_py(directory: str):
+  return (
+    *_cifar_pickle(os.path.join(directory, 'train'), b'fine_labels'),
+    *_cifar_pickle(os.path.join(directory, 'test'), b'fine_labels'),
+  )
+
+
+def _local_candidates(name: str, data_dir: str):
+  """(loader, directory) pairs to try, in order."""
+  if name == 'fashion_mnist':
+    return [(load_fashion_mnist_idx, d) for d in _fashion_mnist_dirs(data_dir)]
+  if name == 'cifar10':
+    return [
+      (load_cifar_bin, os.path.join(data_dir, 'cifar-10-batches-bin')),
+      (load_cifar10_py, os.path.join(data_dir, 'cifar-10-batches-py')),
+    ]
+  if name == 'cifar100':
+    return [(load_cifar100_py, os.path.join(data_dir, 'cifar-100-python'))]
+  return []
+
+
+def load_local(name: str, data_dir: str) -> tuple | None:
+  """The first local copy found, as (arrays, directory), or None."""
+  for loader, directory in _local_candidates(name, data_dir):
+    try:
+      return loader(directory), directory
+    except DataNotFoundError:
+      continue
+  return None
+
+
+# ---------------------------------------------------------------------------------
+# tfds.
+
+
+def _network_answers(host: str = 'storage.googleapis.com', timeout_s: float = 3.0) -> bool:
+  """Whether a tfds download could start: a name lookup and one short connect."""
+  try:
+    with socket.create_connection((host, 443), timeout=timeout_s):
+      return True
+  except OSError:
+    return False
+
+
+def _tfds_builder(name: str, tfds_data_dir: str | None):
+  import tensorflow_datasets as tfds  # noqa: PLC0415 (slow import, only when needed)
+
+  return tfds.builder(name, data_dir=tfds_data_dir or None)
+
+
+def load_tfds(name: str, tfds_data_dir: str | None, prepare: bool):
+  """Both splits through tfds' random-access data source (no TensorFlow needed)."""
+  builder = _tfds_builder(name, tfds_data_dir)
+  if prepare:
+    builder.download_and_prepare(file_format='array_record')
+
+  def split(s):
+    source = builder.as_data_source(split=s)
+    examples = [source[i] for i in range(len(source))]
+    images = np.stack([np.asarray(e['image'], np.uint8) for e in examples])
+    labels = np.array([int(e['label']) for e in examples], np.int32)
+    return images, labels
+
+  return (*split('train'), *split('test'))
+
+
+def _tfds_prepared(name: str, tfds_data_dir: str | None) -> bool:
+  try:
+    return bool(_tfds_builder(name, tfds_data_dir).is_prepared())
+  except Exception as e:  # noqa: BLE001 (tfds missing or broken: fall back to local)
+    logging.info('tfds unavailable for %s: %s', name, e)
+    return False
+
+
+# ---------------------------------------------------------------------------------
+# Synthetic.
+
+
+def make_synthetic(spec: SyntheticSpec, seed: int):
+  """Each class is a fixed coarse pattern (a random on/off 4x4 grid of blocks) plus noise.
+
+  The blocks line up with a 4x4 patch grid, so the patch front end sees the class
+  directly: a few dozen steps learn it, and a test can tell learning from chance.
+  """
+  rng = np.random.default_rng([seed, 7])
+  size, blocks = spec.image_size, 4
+  coarse = rng.random((spec.num_classes, blocks, blocks, spec.channels)) < 0.5
+  reps = -(-size // blocks)
+  prototypes = coarse.repeat(reps, 1).repeat(reps, 2)[:, :size, :size].astype(np.float32)
+
+  def split(n):
+    labels = rng.integers(0, spec.num_classes, n).astype(np.int32)
+    images = prototypes[labels] + spec.noise * rng.standard_normal((n, size, size, spec.channels))
+    return (np.clip(images, 0, 1) * 255).astype(np.uint8), labels
+
+  return (*split(spec.num_train), *split(spec.num_test))
+
+
+# ---------------------------------------------------------------------------------
+
+
+def load_dataset(
+  name: str,
+  *,
+  source: str = 'auto',
+  data_dir: str = '',
+  tfds_data_dir: str = '',
+  download: bool = True,
+  synthetic: SyntheticSpec = SyntheticSpec(),
+  seed: int = 0,
+) -> Dataset:
+  """Loads both splits of a dataset by name (see the module docstring for the order)."""
+  if name == 'synthetic' or source == 'synthetic':
+    if name != 'synthetic':  # random content in the named dataset's shape and classes
+      info = DATASETS[name]
+      synthetic = dataclasses.replace(
+        synthetic, image_size=info.image_shape[0], channels=info.image_shape[2], num_classes=info.num_classes
+      )
+    return Dataset(name, 'synthetic', *make_synthetic(synthetic, seed), num_classes=synthetic.num_classes)
+
+  data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
+  looked = []
+  arrays = None
+  if source == 'tfds':
+    arrays, where = load_tfds(name, tfds_data_dir, prepare=True), f'tfds ({name})'
+  if arrays is None and source == 'auto':
+    looked.append(f'tfds prepared copy (data_dir={tfds_data_dir or "tfds default"})')
+    if _tfds_prepared(name, tfds_data_dir):
+      arrays, where = load_tfds(name, tfds_data_dir, prepare=False), f'tfds ({name}, prepared)'
+  if arrays is None and source in ('auto', 'local'):
+    looked += [d for _, d in _local_candidates(name, data_dir)]
+    found = load_local(name, data_dir)
+    if found:
+      arrays, where = found[0], found[1]
+  if arrays is None and source == 'auto':
+    looked.append('tfds download' + ('' if download else ' (off: config.data.download=False)'))
+    if download and _network_answers():
+      arrays, where = load_tfds(name, tfds_data_dir, prepare=True), f'tfds ({name}, downloaded)'
+    elif download:
+      looked[-1] += ' (no network)'
+  if arrays is None:
+    raise DataNotFoundError(_not_found_message(name, looked, data_dir))
+
+  train_x, train_y, test_x, test_y = arrays
+  info = DATASETS[name]
+  if train_x.shape[1:] != info.image_shape or test_x.shape[1:] != info.image_shape:
+    raise ValueError(f'{name} from {where}: images {train_x.shape[1:]}, expected {info.image_shape}')
+  return Dataset(name, where, train_x, train_y, test_x, test_y, num_classes=info.num_classes)
+
+
+def _not_found_message(name: str, looked: list[str], data_dir: str) -> str:
+  how = {
+    'fashion_mnist': f'apt-get install dataset-fashion-mnist (files go to {DEBIAN_FASHION_MNIST}), '
+    f'or put the four IDX files (train-images-idx3-ubyte.gz, ...) in {data_dir}',
+    'cifar10': f'put cifar-10-batches-bin/ or cifar-10-batches-py/ in {data_dir} '
+    f'(on these machines: python3 ../shared/data/prepare_cifar10.py {data_dir})',
+    'cifar100': f'put cifar-100-python/ in {data_dir}, or run where tfds can download it',
+  }[name]
+  return f'dataset {name!r} not found. Looked in: ' + '; '.join(looked) + f'. To get it: {how}.'
+
+
+# ---------------------------------------------------------------------------------
+# On-device preprocessing.
+
+
+def to_float(images_u8: jax.Array) -> jax.Array:
+  return images_u8.astype(jnp.float32) / 255.0
+
+
+def random_crop_flip(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
+  """Random crop back to size from a zero-padded image, and a random horizontal flip."""
+  b, h, w, _ = images.shape
+  k_crop, k_flip = jax.random.split(key)
+  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * padding + 1)
+
+  def crop(img, off):
+    return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
+
+  cropped = jax.vmap(crop)(padded, offsets)
+  flip = jax.random.bernoulli(k_flip, 0.5, (b,))
+  return jnp.where(flip[:, None, None, None], cropped[:, :, ::-1], cropped)
+
+
+def preprocess(key: jax.Array, images_u8: jax.Array, augment: str, padding: int) -> jax.Array:
+  """uint8 images to float [0, 1], augmented when training ('crop_flip' or 'none')."""
+  images = to_float(images_u8)
+  if augment == 'crop_flip':
+    images = random_crop_flip(key, images, padding)
+  return images

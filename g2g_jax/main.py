@@ -1,0 +1,36 @@
+"""Command line: python -m g2g_jax.main --config=configs/cifar100.py --workdir=DIR.
+
+Fields are overridden with --config.section.field=value; an unknown field is an error.
+A rerun with the same workdir resumes from its last checkpoint.
+"""
+
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from g2g_jax import train
+from g2g_jax.data import DataNotFoundError
+from g2g_jax.experiment import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Path to a config file (configs/*.py[:row]).', lock_config=True
+)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints and metrics; a rerun resumes there.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.info('JAX %s on %s: %s', jax.__version__, jax.default_backend(), jax.devices())
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ConfigError, DataNotFoundError, FloatingPointError) as e:
+    logging.error('%s', e)
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,90 @@
+"""Linen modules of G2GNet: the patch-conv front end and the MLP head. Mask-agnostic.
+
+The modules never see connectivity masks: the train step keeps pruned weights at exactly
+zero in the params, so a masked layer is an ordinary `nn.Dense`.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ORDERS = ('patch_major', 'channel_major')
+KERNEL_INITS = {
+  # PyTorch's default for Linear and Conv (the lab's code): U(+-1/sqrt(fan_in)).
+  'torch': nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
+  'lecun_normal': nn.initializers.lecun_normal(),
+  'he_normal': nn.initializers.he_normal(),
+}
+
+
+class PatchEncoder(nn.Module):
+  """Cuts the image into a grid x grid of patches, one shared conv (+ReLU) per patch.
+
+  The conv has kernel = stride = patch size, so each patch becomes one vector of
+  `channels` features. `order` decides how they are concatenated: 'patch_major'
+  puts feature index patch * channels + c (contiguous groups are then spatial),
+  'channel_major' puts c * num_patches + patch.
+  """
+
+  grid: int = 4
+  channels: int = 32
+  order: str = 'patch_major'
+  kernel_init: str = 'torch'
+
+  @nn.compact
+  def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
+    b, h, w, _ = images_BxHxWxC.shape
+    ph, pw = h // self.grid, w // self.grid
+    y = nn.Conv(
+      self.channels,
+      kernel_size=(ph, pw),
+      strides=(ph, pw),
+      padding='VALID',
+      kernel_init=KERNEL_INITS[self.kernel_init],
+      name='conv',
+    )(images_BxHxWxC)
+    y = nn.relu(y)  # [B, grid, grid, channels]
+    if self.order == 'channel_major':
+      y = jnp.transpose(y, (0, 3, 1, 2))
+    return y.reshape(b, -1)
+
+
+class MLPHead(nn.Module):
+  """Hidden Dense+ReLU layers `hidden_0..` (the sparse stack) and a dense `output`.
+
+  Returns (logits, activations): activations[0] is the input and activations[k + 1]
+  the post-ReLU output of hidden_k, i.e. layer k's pre- and post-synaptic activity
+  for the Hebbian rule. Unused activations cost nothing under jit.
+  """
+
+  widths: Sequence[int]
+  num_classes: int
+  kernel_init: str = 'torch'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    init = KERNEL_INITS[self.kernel_init]
+    acts = [x]
+    for k, width in enumerate(self.widths):
+      x = nn.relu(nn.Dense(width, kernel_init=init, name=f'hidden_{k}')(x))
+      acts.append(x)
+    logits = nn.Dense(self.num_classes, kernel_init=init, name='output')(x)
+    return logits, tuple(acts)
+
+
+class G2GNet(nn.Module):
+  """Patch encoder + MLP head. Takes float images in [0, 1], shape [B, H, W, C]."""
+
+  widths: Sequence[int]
+  num_classes: int
+  grid: int = 4
+  channels: int = 32
+  order: str = 'patch_major'
+  kernel_init: str = 'torch'
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    features = PatchEncoder(self.grid, self.channels, self.order, self.kernel_init, name='encoder')(images)
+    return MLPHead(self.widths, self.num_classes, self.kernel_init, name='head')(features)

@@ -1,0 +1,26 @@
+"""TrainState: the step, params, optimizer state, connectivity masks and base RNG key."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus what G2GNet threads through training.
+
+  masks: a tree shaped like `params` with a bool array for every sparse kernel and
+    None for dense leaves. Pass params first in tree maps: `jax.tree.map(f, params,
+    masks)` calls f(p, None) on dense leaves.
+  key: the run's base PRNG key; per-step keys are `fold_in(key, step)`, so a resumed
+    run draws exactly what an uninterrupted one would.
+  """
+
+  masks: Any
+  key: jax.Array
+
+
+def apply_masks(tree, masks):
+  """Zeroes the masked-out entries of a params-shaped tree (grads or params)."""
+  return jax.tree.map(lambda x, m: x if m is None else jnp.where(m, x, 0), tree, masks)

@@ -1,0 +1,347 @@
+"""make_train_state, the pure train / eval steps, and the train_and_evaluate loop.
+
+The loop is the one place that jits, schedules, evaluates, logs and checkpoints.
+Masks are applied here, never in the model: gradients are masked before the optimizer
+and params re-masked after each update, so a pruned weight is exactly 0 at all times.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from g2g_jax import checkpoint as ckpt_lib
+from g2g_jax import connectivity as conn
+from g2g_jax import data as data_lib
+from g2g_jax import metrics as metrics_lib
+from g2g_jax import optim
+from g2g_jax.experiment import ConfigError, Experiment, config_differences, parse_config
+from g2g_jax.state import TrainState, apply_masks
+
+_SHUFFLE_STREAM = 3
+CONFIG_FILE = 'config.json'
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+  """A 1-D mesh over the first `num_devices` devices (0 = all), axis 'data'."""
+  devices = jax.devices()[: num_devices or None]
+  return Mesh(np.array(devices), ('data',))
+
+
+def _experiment(config) -> Experiment:
+  return config if isinstance(config, Experiment) else parse_config(config, jax.device_count())
+
+
+def make_train_state(
+  config: ml_collections.ConfigDict | Experiment,
+  rng: jax.Array | None = None,
+  *,
+  num_train_examples: int | None = None,
+) -> TrainState:
+  """Builds params (jitted init), masks, masked and rescaled params, and optimizer state.
+
+  Args:
+    config: a config (validated here) or an already parsed Experiment.
+    rng: PRNG key for the weights and the per-step keys; default PRNGKey(config.seed).
+      Groups and masks always come from config.seed.
+    num_train_examples: sets the steps of the learning-rate schedule; default the
+      dataset's standard training-set size.
+  """
+  exp = _experiment(config)
+  rng = jax.random.PRNGKey(exp.seed) if rng is None else rng
+  k_init, k_run = jax.random.split(rng)
+  num_train = num_train_examples or exp.data.info.num_train
+  total_steps = (num_train // exp.batch_size) * exp.num_epochs
+  dummy = jnp.zeros((1, *exp.data.info.image_shape), jnp.float32)
+  params = jax.jit(exp.model.init)(k_init, dummy)['params']
+  masks = conn.make_masks(params, exp.connectivity, exp.seed)
+  params = jax.tree.map(
+    lambda p, m: p if m is None else jnp.asarray(conn.rescale_init(np.asarray(p), m)), params, masks
+  )
+  masks = jax.tree.map(lambda m: None if m is None else jnp.asarray(m), masks, is_leaf=lambda x: x is None)
+  return TrainState.create(
+    apply_fn=exp.model.apply,
+    params=params,
+    tx=optim.make_optimizer(exp.optim, total_steps),
+    masks=masks,
+    key=k_run,
+  )
+
+
+def loss_and_logits(params, apply_fn, images, labels):
+  logits, _ = apply_fn({'params': params}, images)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+
+def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: int):
+  """One optimizer step on a batch of uint8 images. Pure; jitted once by the loop."""
+  key = jax.random.fold_in(state.key, state.step)
+  images = data_lib.preprocess(key, batch['image'], augment, crop_padding)
+  grad_fn = jax.value_and_grad(loss_and_logits, has_aux=True)
+  (loss, logits), grads = grad_fn(state.params, state.apply_fn, images, batch['label'])
+  grads = apply_masks(grads, state.masks)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = apply_masks(optax.apply_updates(state.params, updates), state.masks)
+  state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+  return state, {'loss': loss, 'accuracy': accuracy}
+
+
+def eval_step(state: TrainState, batch: dict):
+  """Sums of loss and correct predictions over the examples with weight 1."""
+  images = data_lib.to_float(batch['image'])
+  logits, _ = state.apply_fn({'params': state.params}, images)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+  correct = jnp.argmax(logits, -1) == batch['label']
+  w = batch['weight']
+  return {'loss': jnp.sum(losses * w), 'correct': jnp.sum(correct * w), 'count': jnp.sum(w)}
+
+
+def evaluate(eval_fn, state, images, labels, batch_size: int, sharding) -> dict:
+  """Loss and accuracy over a whole split; the last batch is padded with weight 0."""
+  n = len(images)
+  sums = []
+  for start in range(0, n, batch_size):
+    x, y = images[start : start + batch_size], labels[start : start + batch_size]
+    pad = batch_size - len(x)
+    weight = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
+    if pad:
+      x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+      y = np.concatenate([y, np.zeros(pad, y.dtype)])
+    batch = jax.device_put({'image': x, 'label': y, 'weight': weight}, sharding)
+    sums.append(eval_fn(state, batch))
+  total = jax.tree.map(lambda *v: float(np.sum(v)), *jax.device_get(sums))
+  return {'loss': total['loss'] / total['count'], 'accuracy': total['correct'] / total['count']}
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, _SHUFFLE_STREAM, epoch]).permutation(n)
+
+
+class _EpochSums:
+  """Running sums of the current epoch's training metrics, synced every few steps."""
+
+  def __init__(self, loss=0.0, correct=0.0, count=0, seconds=0.0):
+    self.loss, self.correct, self.count, self.seconds = loss, correct, count, seconds
+    self._pending = []
+
+  def add(self, metrics: dict, batch_size: int):
+    self._pending.append((metrics, batch_size))
+
+  def sync(self, last_step: int, workdir: str, latest_checkpoint: int | None):
+    """Fetches pending metrics; a non-finite loss stops the run, naming its step."""
+    fetched = jax.device_get([m for m, _ in self._pending])
+    first_step = last_step - len(fetched) + 1
+    for j, (m, (_, b)) in enumerate(zip(fetched, self._pending, strict=True)):
+      if not np.isfinite(m['loss']):
+        where = f'step {latest_checkpoint}' if latest_checkpoint is not None else 'none yet'
+        raise FloatingPointError(
+          f'non-finite training loss ({m["loss"]}) at step {first_step + j}; stopped. '
+          f'Last good checkpoint in {workdir}: {where}, left intact.'
+        )
+      self.loss += float(m['loss']) * b
+      self.correct += float(m['accuracy']) * b
+      self.count += b
+    self._pending = []
+
+  def to_meta(self) -> dict:
+    return {'loss': self.loss, 'correct': self.correct, 'count': self.count, 'seconds': self.seconds}
+
+
+def _check_workdir_config(workdir: str, config_dict: dict):
+  """A workdir belongs to one config: resuming with another would mix two runs."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  diff = config_differences(old, config_dict)
+  if diff:
+    raise ConfigError(
+      f'workdir {workdir} holds a run with another config ({"; ".join(diff)}); '
+      'use a new --workdir, or the same config to resume'
+    )
+
+
+def _log_setup(exp: Experiment, dataset: data_lib.Dataset, acct: dict, mesh: Mesh, steps_per_epoch: int):
+  logging.info(
+    'data: %s from %s, %d train / %d test, images %s, augment=%s',
+    dataset.name,
+    dataset.source,
+    len(dataset.train_images),
+    len(dataset.test_images),
+    dataset.image_shape,
+    exp.data.augment,
+  )
+  logging.info('devices: %d in mesh %s (%s)', mesh.size, dict(mesh.shape), jax.devices()[0].platform)
+  logging.info(
+    'model: %d features -> hidden %s -> %d classes; connectivity %s',
+    exp.num_patches * exp.model.channels,
+    list(exp.model.widths),
+    exp.model.num_classes,
+    exp.connectivity,
+  )
+  for name, density in acct['layer_density'].items():
+    logging.info('  %s: density %.4f', name, density)
+  logging.info(
+    'active params: head %d, total %d (dense-equivalent %d); sparse-layer density %.4f (sparsity %.2f%%)',
+    acct['head_params'],
+    acct['total_params'],
+    acct['total_params_dense'],
+    acct['density'],
+    100 * acct['sparsity'],
+  )
+  logging.info(
+    'FLOPs per example (forward): %.4g sparse, %.4g dense-equivalent (%.2fx fewer)',
+    acct['flops_per_example'],
+    acct['flops_per_example_dense'],
+    acct['flops_per_example_dense'] / acct['flops_per_example'],
+  )
+  logging.info('%d steps per epoch of %d examples, %d epochs', steps_per_epoch, exp.batch_size, exp.num_epochs)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains and evaluates as the config says; resumes from the workdir's checkpoint.
+
+  Returns the last metrics record (also the last line of WORKDIR/metrics.jsonl), or a
+  record with `halted: True` when config.halt_after_steps stopped the run early.
+  """
+  exp = parse_config(config, jax.device_count())
+  config_dict = json.loads(config.to_json())
+  mesh = make_mesh(exp.num_devices)
+  replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  if os.path.isdir(workdir):
+    _check_workdir_config(workdir, config_dict)
+  dataset = data_lib.load_dataset(
+    exp.data.name,
+    source=exp.data.source,
+    data_dir=exp.data.dir,
+    tfds_data_dir=exp.data.tfds_data_dir,
+    download=exp.data.download,
+    synthetic=exp.data.synthetic,
+    seed=exp.seed,
+  )
+  n_train = len(dataset.train_images)
+  steps_per_epoch = n_train // exp.batch_size
+  if steps_per_epoch == 0:
+    raise ConfigError(f'config.batch_size = {exp.batch_size}: must be <= the training set size ({n_train})')
+  total_steps = steps_per_epoch * exp.num_epochs
+
+  state = make_train_state(exp, num_train_examples=n_train)
+  acct = conn.accounting(state.params, state.masks, exp.num_patches)
+  _log_setup(exp, dataset, acct, mesh, steps_per_epoch)
+
+  os.makedirs(workdir, exist_ok=True)
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+      json.dump(config_dict, f, indent=2)
+  checkpoints = ckpt_lib.Checkpointer(workdir)
+  writer = metrics_lib.MetricWriter(workdir)
+  try:
+    return _loop(
+      exp, workdir, dataset, state, acct, checkpoints, writer, replicated, batch_sharding, steps_per_epoch, total_steps
+    )
+  finally:
+    writer.close()
+    checkpoints.close()
+
+
+def _loop(
+  exp, workdir, dataset, state, acct, checkpoints, writer, replicated, batch_sharding, steps_per_epoch, total_steps
+):
+  state = jax.device_put(state, replicated)
+  meta = {'best_test_accuracy': 0.0, 'epoch_sums': _EpochSums().to_meta()}
+  restored = checkpoints.restore(state)
+  if restored is not None:
+    state, meta = restored
+    writer.truncate_after(int(state.step))
+    logging.info('resumed from the checkpoint at step %d in %s', int(state.step), checkpoints.directory)
+  step = int(state.step)
+  if step >= total_steps:
+    logging.info('run already finished (step %d of %d): nothing to train', step, total_steps)
+    records = writer.records()
+    return records[-1] if records else {'step': step}
+
+  train_fn = jax.jit(
+    functools.partial(train_step, augment=exp.data.augment, crop_padding=exp.data.crop_padding), donate_argnums=0
+  )
+  eval_fn = jax.jit(eval_step)
+  progress = metrics_lib.Progress(exp.progress)
+  best = meta['best_test_accuracy']
+  images, labels = dataset.train_images, dataset.train_labels
+  b = exp.batch_size
+  record = {}
+
+  for epoch in range(step // steps_per_epoch, exp.num_epochs):
+    perm = epoch_permutation(exp.seed, epoch, len(images))
+    first = step - epoch * steps_per_epoch
+    sums = _EpochSums(**meta['epoch_sums']) if first > 0 else _EpochSums()
+    progress.start_epoch()
+    t0 = time.perf_counter()
+    for i in range(first, steps_per_epoch):
+      idx = perm[i * b : (i + 1) * b]
+      batch = jax.device_put({'image': images[idx], 'label': labels[idx]}, batch_sharding)
+      state, m = train_fn(state, batch)
+      sums.add(m, b)
+      step += 1
+      halting = step == exp.halt_after_steps
+      if step % exp.log_every_steps == 0 or i == steps_per_epoch - 1 or halting:
+        sums.sync(step, workdir, checkpoints.latest_step())
+        progress.update(
+          epoch + 1, i + 1, steps_per_epoch, sums.loss / sums.count, sums.correct / sums.count, (i + 1 - first) * b
+        )
+      if halting and i < steps_per_epoch - 1:
+        sums.seconds += time.perf_counter() - t0
+        checkpoints.save(step, state, {'best_test_accuracy': best, 'epoch_sums': sums.to_meta()})
+        progress.end_epoch()
+        logging.info('halted at step %d (config.halt_after_steps); rerun the command to resume', step)
+        return {'step': step, 'halted': True}
+    sums.seconds += time.perf_counter() - t0
+    progress.end_epoch()
+
+    last_epoch = epoch == exp.num_epochs - 1
+    if (epoch + 1) % exp.eval_every_epochs == 0 or last_epoch:
+      test = evaluate(eval_fn, state, dataset.test_images, dataset.test_labels, exp.eval_batch_size, batch_sharding)
+      best = max(best, test['accuracy'])
+      record = {
+        'step': step,
+        'epoch': epoch + 1,
+        'train_loss': sums.loss / sums.count,
+        'train_accuracy': sums.correct / sums.count,
+        'test_loss': test['loss'],
+        'test_accuracy': test['accuracy'],
+        'best_test_accuracy': best,
+        'sparsity': acct['sparsity'],
+        'head_params': acct['head_params'],
+        'learning_rate': float(optim.make_schedule(exp.optim, total_steps)(step)),
+        'examples_per_sec': sums.count / max(sums.seconds, 1e-9),
+        'epoch_seconds': sums.seconds,
+      }
+      writer.write(record)
+      logging.info(
+        'epoch %d step %d: train loss %.4f acc %.4f | test loss %.4f acc %.4f (best %.4f) | %.0f ex/s',
+        epoch + 1,
+        step,
+        record['train_loss'],
+        record['train_accuracy'],
+        record['test_loss'],
+        record['test_accuracy'],
+        best,
+        record['examples_per_sec'],
+      )
+    if (epoch + 1) % exp.checkpoint_every_epochs == 0 or last_epoch or step == exp.halt_after_steps:
+      checkpoints.save(step, state, {'best_test_accuracy': best, 'epoch_sums': _EpochSums().to_meta()})
+    if step == exp.halt_after_steps and not last_epoch:
+      logging.info('halted at step %d (config.halt_after_steps); rerun the command to resume', step)
+      return {'step': step, 'halted': True}
+  return record

@@ -1,0 +1,30 @@
+import io
+import json
+import os
+
+from g2g_jax import metrics
+
+
+def test_writer_appends_json_lines_and_tensorboard(tmp_path):
+  w = metrics.MetricWriter(str(tmp_path))
+  for step in (1, 2, 3):
+    w.write({'step': step, 'loss': 1.0 / step, 'name': 'x'})
+  w.close()
+  lines = (tmp_path / metrics.METRICS_FILE).read_text().splitlines()
+  assert [json.loads(line)['step'] for line in lines] == [1, 2, 3]
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'tensorboard'))
+
+
+def test_truncate_after_drops_newer_records_only(tmp_path):
+  w = metrics.MetricWriter(str(tmp_path), tensorboard=False)
+  for step in (10, 20, 30):
+    w.write({'step': step})
+  w.truncate_after(20)
+  assert [r['step'] for r in w.records()] == [10, 20]
+
+
+def test_progress_lines_mode():
+  out = io.StringIO()
+  p = metrics.Progress('lines', stream=out)
+  p.update(epoch=1, done=5, total=10, loss=0.5, accuracy=0.75, examples=100)
+  assert 'epoch 1 5/10 loss 0.5000 acc 0.7500' in out.getvalue()

@@ -1,0 +1,167 @@
+import functools
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from g2g_jax import checkpoint as ckpt_lib
+from g2g_jax import data as data_lib
+from g2g_jax import train
+
+
+def final_state(config, workdir):
+  """The state saved by the last checkpoint of a run."""
+  ckpt = ckpt_lib.Checkpointer(workdir)
+  state, _ = ckpt.restore(train.make_train_state(config))
+  ckpt.close()
+  return state
+
+
+def records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def synthetic_batches(config, n):
+  ds = data_lib.load_dataset('synthetic', synthetic=data_lib.SyntheticSpec(num_train=config.batch_size * n))
+  b = config.batch_size
+  return [
+    {'image': ds.train_images[i * b : (i + 1) * b], 'label': ds.train_labels[i * b : (i + 1) * b]} for i in range(n)
+  ]
+
+
+def test_pruned_weights_stay_exactly_zero_and_masks_fixed(smoke_config):
+  state = train.make_train_state(smoke_config)
+  masks0 = jax.tree.map(np.asarray, state.masks)
+  params0 = jax.tree.map(np.asarray, state.params)
+  step = jax.jit(functools.partial(train.train_step, augment='crop_flip', crop_padding=2))
+  for batch in synthetic_batches(smoke_config, 40):
+    state, m = step(state, batch)
+  assert np.isfinite(m['loss'])
+  for k in range(3):
+    kernel = np.asarray(state.params['head'][f'hidden_{k}']['kernel'])
+    mask = masks0['head'][f'hidden_{k}']['kernel']
+    assert 0.3 < mask.mean() < 0.6
+    assert np.all(kernel[~mask] == 0.0)  # exactly zero, after 40 Adam steps with L2
+    assert np.all(kernel[mask] != params0['head'][f'hidden_{k}']['kernel'][mask])  # active ones trained
+    np.testing.assert_array_equal(np.asarray(state.masks['head'][f'hidden_{k}']['kernel']), mask)
+  assert state.masks['head']['output']['kernel'] is None
+
+
+def test_golden_first_step_loss(smoke_config):
+  """Pins the numbers of one step: any change to init, masks, data or loss shows here."""
+  state = train.make_train_state(smoke_config)
+  batch = synthetic_batches(smoke_config, 1)[0]
+  state, m = jax.jit(functools.partial(train.train_step, augment='none', crop_padding=0))(state, batch)
+  _, m2 = jax.jit(functools.partial(train.train_step, augment='none', crop_padding=0))(state, batch)
+  np.testing.assert_allclose([m['loss'], m2['loss']], GOLDEN_LOSSES, rtol=1e-5)
+
+
+# Measured once on the CPU (jax 0.10.2); the first is close to ln(10) = 2.3026, as it should be
+# for 10 balanced classes at init, and the second is lower after one Adam step.
+GOLDEN_LOSSES = [2.3036830, 2.2977695]
+
+
+def test_loop_traces_each_step_once(smoke_config, tmp_path, monkeypatch):
+  monkeypatch.setattr(train, 'train_step', chex.assert_max_traces(train.train_step, n=1))
+  monkeypatch.setattr(train, 'eval_step', chex.assert_max_traces(train.eval_step, n=1))
+  smoke_config.num_epochs = 3
+  result = train.train_and_evaluate(smoke_config, str(tmp_path))
+  assert result['step'] == 24 and result['epoch'] == 3
+
+
+def test_smoke_run_learns_and_writes_metrics(smoke_config, tmp_path):
+  result = train.train_and_evaluate(smoke_config, str(tmp_path))
+  rows = records(str(tmp_path))
+  assert [r['epoch'] for r in rows] == [1, 2]
+  for key in (
+    'step',
+    'epoch',
+    'train_loss',
+    'train_accuracy',
+    'test_loss',
+    'test_accuracy',
+    'best_test_accuracy',
+    'sparsity',
+    'examples_per_sec',
+  ):
+    assert key in rows[-1]
+  assert rows[-1] == json.loads(json.dumps(result))
+  assert rows[-1]['best_test_accuracy'] == max(r['test_accuracy'] for r in rows)
+  assert rows[-1]['test_accuracy'] > 0.3  # 10 classes: chance is 0.1
+  assert 0.5 < rows[-1]['sparsity'] < 0.6
+  assert os.listdir(tmp_path / 'tensorboard')
+
+
+def test_one_and_four_devices_agree(smoke_config, tmp_path):
+  assert jax.device_count() == 4
+  finals = []
+  for n in (1, 4):
+    smoke_config.num_devices = n
+    train.train_and_evaluate(smoke_config, str(tmp_path / str(n)))
+    finals.append(final_state(smoke_config, str(tmp_path / str(n))))
+  chex.assert_trees_all_close(finals[0].params, finals[1].params, atol=1e-5, rtol=1e-5)
+  a, b = records(str(tmp_path / '1')), records(str(tmp_path / '4'))
+  assert a[-1]['test_accuracy'] == pytest.approx(b[-1]['test_accuracy'], abs=0.02)
+
+
+@pytest.mark.parametrize('halt', [5, 8])  # mid-epoch, and at the epoch boundary
+def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path, halt):
+  smoke_config.data.augment = 'crop_flip'  # per-step keys must survive the restart too
+  train.train_and_evaluate(smoke_config, str(tmp_path / 'straight'))
+  smoke_config.halt_after_steps = halt
+  halted = train.train_and_evaluate(smoke_config, str(tmp_path / 'resumed'))
+  assert halted == {'step': halt, 'halted': True}
+  smoke_config.halt_after_steps = 0
+  train.train_and_evaluate(smoke_config, str(tmp_path / 'resumed'))
+  straight = final_state(smoke_config, str(tmp_path / 'straight'))
+  resumed = final_state(smoke_config, str(tmp_path / 'resumed'))
+  chex.assert_trees_all_equal(straight.params, resumed.params)
+  chex.assert_trees_all_equal(straight.opt_state, resumed.opt_state)
+  drop = ('examples_per_sec', 'epoch_seconds')
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
+  assert strip(records(str(tmp_path / 'straight'))) == strip(records(str(tmp_path / 'resumed')))
+
+
+def test_finished_run_is_not_retrained(smoke_config, tmp_path, monkeypatch):
+  first = train.train_and_evaluate(smoke_config, str(tmp_path))
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError('train_step called on a finished run')
+
+  monkeypatch.setattr(train, 'train_step', must_not_run)
+  again = train.train_and_evaluate(smoke_config, str(tmp_path))
+  assert again == json.loads(json.dumps(first))
+  assert len(records(str(tmp_path))) == 2
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_checkpoint(smoke_config, tmp_path, monkeypatch):
+  smoke_config.halt_after_steps = 8
+  train.train_and_evaluate(smoke_config, str(tmp_path))
+  before = records(str(tmp_path))
+  good = final_state(smoke_config, str(tmp_path))
+  original = train.train_step
+
+  def poisoned(state, batch, **kw):
+    state, m = original(state, batch, **kw)
+    return state, {**m, 'loss': jnp.where(state.step >= 11, jnp.nan, m['loss'])}
+
+  monkeypatch.setattr(train, 'train_step', poisoned)
+  smoke_config.halt_after_steps = 0
+  with pytest.raises(FloatingPointError, match=r'non-finite training loss \(nan\) at step 11.*step 8, left intact'):
+    train.train_and_evaluate(smoke_config, str(tmp_path))
+  assert records(str(tmp_path)) == before
+  assert ckpt_lib.Checkpointer(str(tmp_path)).latest_step() == 8
+  chex.assert_trees_all_equal(final_state(smoke_config, str(tmp_path)).params, good.params)
+
+
+def test_changed_config_refuses_the_old_workdir(smoke_config, tmp_path):
+  smoke_config.halt_after_steps = 4
+  train.train_and_evaluate(smoke_config, str(tmp_path))
+  smoke_config.connectivity.p_inter = 0.5
+  with pytest.raises(train.ConfigError, match='connectivity.p_inter: 0.25 -> 0.5'):
+    train.train_and_evaluate(smoke_config, str(tmp_path))
