@@ -21,6 +21,19 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints and metr
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with a one-line error for an unknown field or a bad value."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # config_flags on an override of a missing field
+    key = str(e).strip('"\'')
+    named = [a.split('=')[0] for a in argv if a.startswith('--config.') and f'.{key}' in a.split('=')[0]]
+    where = named[0] if named else 'a --config override'
+    sys.exit(f'error: {where}: unknown config field {key!r} (every field is listed in configs/default.py)')
+  except flags.Error as e:
+    sys.exit(f'error: {e}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -33,4 +46,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
