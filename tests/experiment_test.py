@@ -1,6 +1,6 @@
 import pytest
-from conftest import load_config
 
+from conftest import load_config
 from g2g_jax.experiment import ConfigError, config_differences, parse_config
 
 BAD = [
