@@ -65,6 +65,19 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   c.connectivity.p_intra = 1.0  # p: edge probability inside a group, in [0, 1]
   c.connectivity.p_inter = 0.15  # p': edge probability between groups, in [0, 1]
 
+  # Dynamic sparse training (g2g_jax/rewiring.py): off unless prune and grow are both set.
+  c.rewiring = ml_collections.ConfigDict()
+  c.rewiring.prune = 'none'  # 'none' | 'magnitude' (SET) | 'random' | 'hebbian' | 'mixed' (thirds: mag, rand, hebb)
+  c.rewiring.grow = 'none'  # 'none' | 'random' | 'hebbian' | 'gradient' (RigL: largest dense-gradient magnitude)
+  c.rewiring.fraction = 0.1  # share of each sparse layer's active edges pruned (and grown) per update, (0, 1]
+  c.rewiring.fraction_schedule = 'constant'  # 'constant' | 'cosine' (decays to 0 at rewire_end_steps, as RigL)
+  c.rewiring.rewire_every_steps = 1000  # optimizer steps between mask updates
+  c.rewiring.rewire_start_steps = 0  # first step at which a mask update may run
+  c.rewiring.rewire_end_steps = 0  # last step at which a mask update may run; 0 = end of training
+  c.rewiring.candidates = 'all'  # growth among 'all' absent edges | 'same_kind' (intra for intra, inter for inter)
+  c.rewiring.hebbian_batches = 1  # the Hebbian / gradient score averages over this many latest batches
+  c.rewiring.reset_optimizer_state = True  # zero the optimizer moments of pruned and grown entries
+
   c.optim = ml_collections.ConfigDict()
   c.optim.optimizer = 'adam'  # 'adam' | 'sgd' (momentum b1)
   c.optim.learning_rate = 1e-3  # peak learning rate

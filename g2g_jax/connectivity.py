@@ -112,6 +112,19 @@ def make_masks(params: Mapping[str, Any], spec: ConnectivitySpec, seed: int):
   return traverse_util.unflatten_dict(masks)
 
 
+def make_groups(params: Mapping[str, Any], spec: ConnectivitySpec, seed: int) -> tuple:
+  """(g_in, g_out) labels of each sparse layer under the spec's grouping, in depth order.
+
+  Empty when some width does not split into the spec's groups (a dense or ER model
+  of arbitrary width): there is then no grouping to count intra / inter edges against.
+  """
+  flat = traverse_util.flatten_dict(params)
+  shapes = [flat[p].shape for p in sparse_layer_paths(params)]
+  if any(n_in % spec.num_groups or n_out % spec.num_groups for n_in, n_out in shapes):
+    return ()
+  return tuple(layer_groups(n_in, n_out, k, spec, seed) for k, (n_in, n_out) in enumerate(shapes))
+
+
 def rescale_init(kernel: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """Masks a dense-initialised kernel and rescales each output's active weights.
 

@@ -13,7 +13,7 @@ import ml_collections
 
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
-from g2g_jax import models, optim
+from g2g_jax import models, optim, rewiring
 
 PROGRESS = ('auto', 'bar', 'lines', 'none')
 WIDTH_RULES = ('fixed', 'match_g2g_params')
@@ -63,6 +63,7 @@ class Experiment:
   model: models.G2GNet
   connectivity: conn.ConnectivitySpec
   optim: optim.OptimSpec
+  rewiring: rewiring.RewireSpec  # groups and end_steps are filled in by the loop
 
   @property
   def num_patches(self) -> int:
@@ -198,6 +199,32 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     eps=_float(c, 'optim.eps', 0.0, lo_open=True),
   )
 
+  rewire = rewiring.RewireSpec(
+    prune=_choice(c, 'rewiring.prune', rewiring.PRUNE),
+    grow=_choice(c, 'rewiring.grow', rewiring.GROW),
+    fraction=_float(c, 'rewiring.fraction', 0.0, 1.0, lo_open=True),
+    fraction_schedule=_choice(c, 'rewiring.fraction_schedule', rewiring.FRACTION_SCHEDULES),
+    every_steps=_int(c, 'rewiring.rewire_every_steps', 1),
+    start_steps=_int(c, 'rewiring.rewire_start_steps', 0),
+    end_steps=_int(c, 'rewiring.rewire_end_steps', 0),
+    candidates=_choice(c, 'rewiring.candidates', rewiring.CANDIDATES),
+    hebbian_batches=_int(c, 'rewiring.hebbian_batches', 1),
+    reset_optimizer_state=bool(_get(c, 'rewiring.reset_optimizer_state')),
+  )
+  if (rewire.prune == 'none') != (rewire.grow == 'none'):
+    field, value = ('rewiring.grow', rewire.grow) if rewire.grow == 'none' else ('rewiring.prune', rewire.prune)
+    _fail(field, value, "must be set too: rewiring runs when prune and grow are both not 'none'")
+  if rewire.enabled and kind == 'dense':
+    _fail('rewiring.prune', rewire.prune, "must be 'none' with connectivity.kind = 'dense' (nothing to rewire)")
+  if rewire.enabled and rewire.candidates == 'same_kind' and kind != 'g2g':
+    _fail('rewiring.candidates', 'same_kind', f"needs connectivity.kind = 'g2g' (groups), not {kind!r}")
+  if rewire.end_steps and rewire.end_steps < rewire.start_steps:
+    _fail(
+      'rewiring.rewire_end_steps',
+      rewire.end_steps,
+      f'must be 0 or >= rewiring.rewire_start_steps ({rewire.start_steps})',
+    )
+
   return Experiment(
     seed=_int(c, 'seed', 0),
     num_epochs=_int(c, 'num_epochs', 1),
@@ -213,6 +240,7 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     model=model,
     connectivity=spec,
     optim=optim_spec,
+    rewiring=rewire,
   )
 
 

@@ -15,10 +15,13 @@ class TrainState(train_state.TrainState):
     masks)` calls f(p, None) on dense leaves.
   key: the run's base PRNG key; per-step keys are `fold_in(key, step)`, so a resumed
     run draws exactly what an uninterrupted one would.
+  last_grown: shaped like `masks`, the edges grown by the latest mask update (all
+    False before any), for the turnover of the next one.
   """
 
   masks: Any
   key: jax.Array
+  last_grown: Any
 
 
 def apply_masks(tree, masks):

@@ -5,6 +5,7 @@ Masks are applied here, never in the model: gradients are masked before the opti
 and params re-masked after each update, so a pruned weight is exactly 0 at all times.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -24,7 +25,7 @@ from g2g_jax import checkpoint as ckpt_lib
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
 from g2g_jax import metrics as metrics_lib
-from g2g_jax import optim
+from g2g_jax import optim, rewiring
 from g2g_jax.experiment import ConfigError, Experiment, config_differences, parse_config
 from g2g_jax.state import TrainState, apply_masks
 
@@ -75,6 +76,7 @@ def make_train_state(
     tx=optim.make_optimizer(exp.optim, total_steps),
     masks=masks,
     key=k_run,
+    last_grown=jax.tree.map(lambda m: None if m is None else jnp.zeros_like(m), masks, is_leaf=lambda x: x is None),
   )
 
 
@@ -213,13 +215,13 @@ def _log_setup(exp: Experiment, dataset: data_lib.Dataset, acct: dict, mesh: Mes
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates as the config says; resumes from the workdir's checkpoint.
 
-  Returns the last metrics record (also the last line of WORKDIR/metrics.jsonl), or a
-  record with `halted: True` when config.halt_after_steps stopped the run early.
+  Returns the last metrics record (also the last evaluation line of
+  WORKDIR/metrics.jsonl), or a record with `halted: True` when
+  config.halt_after_steps stopped the run early.
   """
   exp = parse_config(config, jax.device_count())
   config_dict = json.loads(config.to_json())
   mesh = make_mesh(exp.num_devices)
-  replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   if os.path.isdir(workdir):
     _check_workdir_config(workdir, config_dict)
   dataset = data_lib.load_dataset(
@@ -232,116 +234,188 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     seed=exp.seed,
   )
   n_train = len(dataset.train_images)
-  steps_per_epoch = n_train // exp.batch_size
-  if steps_per_epoch == 0:
+  if n_train < exp.batch_size:
     raise ConfigError(f'config.batch_size = {exp.batch_size}: must be <= the training set size ({n_train})')
-  total_steps = steps_per_epoch * exp.num_epochs
 
   state = make_train_state(exp, num_train_examples=n_train)
   acct = conn.accounting(state.params, state.masks, exp.num_patches)
-  _log_setup(exp, dataset, acct, mesh, steps_per_epoch)
+  loop = _Loop(exp, workdir, dataset, mesh, state)
+  _log_setup(exp, dataset, acct, mesh, loop.steps_per_epoch)
 
   os.makedirs(workdir, exist_ok=True)
   if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
       json.dump(config_dict, f, indent=2)
-  checkpoints = ckpt_lib.Checkpointer(workdir)
-  writer = metrics_lib.MetricWriter(workdir)
+  loop.checkpoints = ckpt_lib.Checkpointer(workdir)
+  loop.writer = metrics_lib.MetricWriter(workdir)
   try:
-    return _loop(
-      exp, workdir, dataset, state, acct, checkpoints, writer, replicated, batch_sharding, steps_per_epoch, total_steps
-    )
+    return loop.run(state, acct)
   finally:
-    writer.close()
-    checkpoints.close()
+    loop.writer.close()
+    loop.checkpoints.close()
 
 
-def _loop(
-  exp, workdir, dataset, state, acct, checkpoints, writer, replicated, batch_sharding, steps_per_epoch, total_steps
-):
-  state = jax.device_put(state, replicated)
-  meta = {'best_test_accuracy': 0.0, 'epoch_sums': _EpochSums().to_meta()}
-  restored = checkpoints.restore(state)
-  if restored is not None:
-    state, meta = restored
-    writer.truncate_after(int(state.step))
-    logging.info('resumed from the checkpoint at step %d in %s', int(state.step), checkpoints.directory)
-  step = int(state.step)
-  if step >= total_steps:
-    logging.info('run already finished (step %d of %d): nothing to train', step, total_steps)
-    records = writer.records()
-    return records[-1] if records else {'step': step}
+_REWIRE_STREAM = 1
 
-  train_fn = jax.jit(
-    functools.partial(train_step, augment=exp.data.augment, crop_padding=exp.data.crop_padding), donate_argnums=0
-  )
-  eval_fn = jax.jit(eval_step)
-  progress = metrics_lib.Progress(exp.progress)
-  best = meta['best_test_accuracy']
-  images, labels = dataset.train_images, dataset.train_labels
-  b = exp.batch_size
-  record = {}
 
-  for epoch in range(step // steps_per_epoch, exp.num_epochs):
-    perm = epoch_permutation(exp.seed, epoch, len(images))
-    first = step - epoch * steps_per_epoch
-    sums = _EpochSums(**meta['epoch_sums']) if first > 0 else _EpochSums()
-    progress.start_epoch()
-    t0 = time.perf_counter()
-    for i in range(first, steps_per_epoch):
-      idx = perm[i * b : (i + 1) * b]
-      batch = jax.device_put({'image': images[idx], 'label': labels[idx]}, batch_sharding)
-      state, m = train_fn(state, batch)
-      sums.add(m, b)
-      step += 1
-      halting = step == exp.halt_after_steps
-      if step % exp.log_every_steps == 0 or i == steps_per_epoch - 1 or halting:
-        sums.sync(step, workdir, checkpoints.latest_step())
-        progress.update(
-          epoch + 1, i + 1, steps_per_epoch, sums.loss / sums.count, sums.correct / sums.count, (i + 1 - first) * b
+class _Loop:
+  """The training loop's fixed context: data, schedule, jitted functions, writers."""
+
+  def __init__(self, exp: Experiment, workdir: str, dataset: data_lib.Dataset, mesh: Mesh, state: TrainState):
+    self.exp, self.workdir, self.dataset = exp, workdir, dataset
+    self.replicated = NamedSharding(mesh, P())
+    self.batch_sharding = NamedSharding(mesh, P('data'))
+    self.stacked_sharding = NamedSharding(mesh, P(None, 'data'))
+    self.steps_per_epoch = len(dataset.train_images) // exp.batch_size
+    self.total_steps = self.steps_per_epoch * exp.num_epochs
+    self.rewire = dataclasses.replace(
+      exp.rewiring,
+      groups=conn.make_groups(state.params, exp.connectivity, exp.seed),
+      end_steps=exp.rewiring.end_steps or self.total_steps,
+    )
+    self.checkpoints: ckpt_lib.Checkpointer | None = None
+    self.writer: metrics_lib.MetricWriter | None = None
+
+  @functools.lru_cache(maxsize=2)  # noqa: B019 (one loop per run; holds two epochs' orders)
+  def _permutation(self, epoch: int) -> np.ndarray:
+    return epoch_permutation(self.exp.seed, epoch, len(self.dataset.train_images))
+
+  def batch_for(self, step: int) -> dict:
+    """The host batch that optimizer step `step` (1-based) trains on."""
+    epoch, i = divmod(step - 1, self.steps_per_epoch)
+    idx = self._permutation(epoch)[i * self.exp.batch_size : (i + 1) * self.exp.batch_size]
+    return {'image': self.dataset.train_images[idx], 'label': self.dataset.train_labels[idx]}
+
+  def rewire_batches(self, step: int) -> dict:
+    """The latest hebbian_batches training batches, stacked on a leading axis."""
+    steps = range(max(step - self.rewire.hebbian_batches, 0) + 1, step + 1)
+    batches = [self.batch_for(s) for s in steps]
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *batches)
+    return jax.device_put(stacked, self.stacked_sharding)
+
+  def save(self, step, state, best, sums):
+    self.checkpoints.save(step, state, {'best_test_accuracy': best, 'epoch_sums': sums.to_meta()})
+
+  def run(self, state: TrainState, acct: dict) -> dict:
+    exp, spe = self.exp, self.steps_per_epoch
+    state = jax.device_put(state, self.replicated)
+    meta = {'best_test_accuracy': 0.0, 'epoch_sums': _EpochSums().to_meta()}
+    restored = self.checkpoints.restore(state)
+    if restored is not None:
+      state, meta = restored
+      self.writer.truncate_after(int(state.step))
+      logging.info('resumed from the checkpoint at step %d in %s', int(state.step), self.checkpoints.directory)
+    step = int(state.step)
+    if step >= self.total_steps:
+      logging.info('run already finished (step %d of %d): nothing to train', step, self.total_steps)
+      evals = [r for r in self.writer.records() if r.get('kind', 'eval') == 'eval']
+      return evals[-1] if evals else {'step': step}
+
+    train_fn = jax.jit(
+      functools.partial(train_step, augment=exp.data.augment, crop_padding=exp.data.crop_padding),
+      donate_argnums=0,
+    )
+    eval_fn = jax.jit(eval_step)
+    rewire_fn = jax.jit(functools.partial(rewiring.update_masks, cfg=self.rewire), donate_argnums=0)
+    rewire_key = jax.random.fold_in(state.key, _REWIRE_STREAM)
+    progress = metrics_lib.Progress(exp.progress)
+    best = meta['best_test_accuracy']
+    record = {}
+
+    for epoch in range(step // spe, exp.num_epochs):
+      first = step - epoch * spe
+      sums = _EpochSums(**meta['epoch_sums']) if first > 0 else _EpochSums()
+      rewire_seconds = 0.0
+      progress.start_epoch()
+      t0 = time.perf_counter()
+      for i in range(first, spe):
+        batch = jax.device_put(self.batch_for(step + 1), self.batch_sharding)
+        state, m = train_fn(state, batch)
+        sums.add(m, exp.batch_size)
+        step += 1
+        halting = step == exp.halt_after_steps
+        if step % exp.log_every_steps == 0 or i == spe - 1 or halting:
+          sums.sync(step, self.workdir, self.checkpoints.latest_step())
+          done = (i + 1 - first) * exp.batch_size
+          progress.update(epoch + 1, i + 1, spe, sums.loss / sums.count, sums.correct / sums.count, done)
+        if self.rewire.due(step):
+          state, seconds = self.update_masks(rewire_fn, state, step, jax.random.fold_in(rewire_key, step))
+          rewire_seconds += seconds
+        if halting and i < spe - 1:
+          sums.seconds += time.perf_counter() - t0
+          self.save(step, state, best, sums)
+          progress.end_epoch()
+          logging.info('halted at step %d (config.halt_after_steps); rerun the command to resume', step)
+          return {'step': step, 'halted': True}
+      sums.seconds += time.perf_counter() - t0
+      progress.end_epoch()
+
+      last_epoch = epoch == exp.num_epochs - 1
+      if (epoch + 1) % exp.eval_every_epochs == 0 or last_epoch:
+        test = evaluate(
+          eval_fn,
+          state,
+          self.dataset.test_images,
+          self.dataset.test_labels,
+          exp.eval_batch_size,
+          self.batch_sharding,
         )
-      if halting and i < steps_per_epoch - 1:
-        sums.seconds += time.perf_counter() - t0
-        checkpoints.save(step, state, {'best_test_accuracy': best, 'epoch_sums': sums.to_meta()})
-        progress.end_epoch()
+        best = max(best, test['accuracy'])
+        record = {
+          'kind': 'eval',
+          'step': step,
+          'epoch': epoch + 1,
+          'train_loss': sums.loss / sums.count,
+          'train_accuracy': sums.correct / sums.count,
+          'test_loss': test['loss'],
+          'test_accuracy': test['accuracy'],
+          'best_test_accuracy': best,
+          'sparsity': acct['sparsity'],
+          'head_params': acct['head_params'],
+          'learning_rate': float(optim.make_schedule(exp.optim, self.total_steps)(step)),
+          'examples_per_sec': sums.count / max(sums.seconds - rewire_seconds, 1e-9),
+          'epoch_seconds': sums.seconds,
+        }
+        if self.rewire.enabled:
+          record['rewire_seconds'] = rewire_seconds
+          record['rewire_time_share'] = rewire_seconds / max(sums.seconds, 1e-9)
+        self.writer.write(record)
+        logging.info(
+          'epoch %d step %d: train loss %.4f acc %.4f | test loss %.4f acc %.4f (best %.4f) | %.0f ex/s',
+          epoch + 1,
+          step,
+          record['train_loss'],
+          record['train_accuracy'],
+          record['test_loss'],
+          record['test_accuracy'],
+          best,
+          record['examples_per_sec'],
+        )
+      if (epoch + 1) % exp.checkpoint_every_epochs == 0 or last_epoch or step == exp.halt_after_steps:
+        self.save(step, state, best, _EpochSums())
+      if step == exp.halt_after_steps and not last_epoch:
         logging.info('halted at step %d (config.halt_after_steps); rerun the command to resume', step)
         return {'step': step, 'halted': True}
-    sums.seconds += time.perf_counter() - t0
-    progress.end_epoch()
+    return record
 
-    last_epoch = epoch == exp.num_epochs - 1
-    if (epoch + 1) % exp.eval_every_epochs == 0 or last_epoch:
-      test = evaluate(eval_fn, state, dataset.test_images, dataset.test_labels, exp.eval_batch_size, batch_sharding)
-      best = max(best, test['accuracy'])
-      record = {
-        'step': step,
-        'epoch': epoch + 1,
-        'train_loss': sums.loss / sums.count,
-        'train_accuracy': sums.correct / sums.count,
-        'test_loss': test['loss'],
-        'test_accuracy': test['accuracy'],
-        'best_test_accuracy': best,
-        'sparsity': acct['sparsity'],
-        'head_params': acct['head_params'],
-        'learning_rate': float(optim.make_schedule(exp.optim, total_steps)(step)),
-        'examples_per_sec': sums.count / max(sums.seconds, 1e-9),
-        'epoch_seconds': sums.seconds,
-      }
-      writer.write(record)
-      logging.info(
-        'epoch %d step %d: train loss %.4f acc %.4f | test loss %.4f acc %.4f (best %.4f) | %.0f ex/s',
-        epoch + 1,
-        step,
-        record['train_loss'],
-        record['train_accuracy'],
-        record['test_loss'],
-        record['test_accuracy'],
-        best,
-        record['examples_per_sec'],
+  def update_masks(self, rewire_fn, state, step: int, rng) -> tuple[TrainState, float]:
+    """Runs one mask update, logs it, and returns the state and its wall time."""
+    jax.block_until_ready(state)  # time the update alone, not the steps queued before it
+    t0 = time.perf_counter()
+    state, info = rewire_fn(state, self.rewire_batches(step), rng)
+    info = jax.device_get(info)
+    seconds = time.perf_counter() - t0
+    record = {'kind': 'rewire', 'step': step, 'seconds': seconds}
+    parts = []
+    for layer, values in info.items():
+      turnover = float(values['turnover'])
+      values = {k: (None if k == 'turnover' and turnover < 0 else v) for k, v in values.items()}
+      record.update({f'{layer}/{k}': v for k, v in values.items()})
+      groups = f' intra {values["intra"]} inter {values["inter"]}' if 'intra' in values else ''
+      parts.append(
+        f'{layer}: -{values["pruned"]} +{values["grown"]}{groups} |w|pruned {values["pruned_mean_abs_weight"]:.4f}'
+        + (f' turnover {turnover:.3f}' if turnover >= 0 else '')
       )
-    if (epoch + 1) % exp.checkpoint_every_epochs == 0 or last_epoch or step == exp.halt_after_steps:
-      checkpoints.save(step, state, {'best_test_accuracy': best, 'epoch_sums': _EpochSums().to_meta()})
-    if step == exp.halt_after_steps and not last_epoch:
-      logging.info('halted at step %d (config.halt_after_steps); rerun the command to resume', step)
-      return {'step': step, 'halted': True}
-  return record
+    self.writer.write(record)
+    logging.info('rewire at step %d (%.3fs): %s', step, seconds, '; '.join(parts))
+    return state, seconds

@@ -1,0 +1,238 @@
+"""Dynamic sparse training: prune and grow criteria, Hebbian scores, schedule, update_masks.
+
+`update_masks(state, batch, rng, *, cfg)` is a pure function, jitted once by the loop.
+For every sparse layer it prunes n = round(fraction x active edges) present edges and
+grows n absent ones, so each layer's density is exactly constant. Shapes never depend
+on n (selection is by rank, with n a traced number), so a decaying fraction does not
+retrace, and neither does `train_step`, which only sees new mask values.
+
+Choices where the paper is silent (see README):
+- Growth candidates are the edges absent after pruning (as in RigL), so an edge pruned by
+  one criterion may be regrown by another, at zero weight.
+- Ties are broken by flat index (lowest first); random criteria rank by uniform noise.
+- The Hebbian score is computed on the batches given (unaugmented), per batch, and
+  averaged over them.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from g2g_jax import data as data_lib
+
+PRUNE = ('none', 'magnitude', 'random', 'hebbian', 'mixed')
+GROW = ('none', 'random', 'hebbian', 'gradient')
+CANDIDATES = ('all', 'same_kind')
+FRACTION_SCHEDULES = ('constant', 'cosine')
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RewireSpec:
+  """When and how masks are rewired. Off unless both criteria are set."""
+
+  prune: str = 'none'  # 'magnitude' (SET) | 'random' | 'hebbian' | 'mixed' (thirds) | 'none'
+  grow: str = 'none'  # 'random' | 'hebbian' | 'gradient' (RigL) | 'none'
+  fraction: float = 0.1  # share of a layer's active edges pruned (and grown) per update
+  fraction_schedule: str = 'constant'  # 'constant' | 'cosine' (decays to 0 at end_steps, as RigL)
+  every_steps: int = 1000  # optimizer steps between updates
+  start_steps: int = 0  # first step at which an update may run
+  end_steps: int = 0  # last step at which an update may run (the loop sets 0 to the run's end)
+  candidates: str = 'all'  # 'all' absent edges | 'same_kind': intra for intra, inter for inter
+  hebbian_batches: int = 1  # the score averages over this many most recent training batches
+  reset_optimizer_state: bool = True  # zero the optimizer moments of pruned and grown entries
+  # Per sparse layer, the (g_in, g_out) group labels, or None where a layer has no
+  # grouping. Needed for 'same_kind' and for the intra / inter counts.
+  groups: tuple = ()
+
+  @property
+  def enabled(self) -> bool:
+    return self.prune != 'none' and self.grow != 'none'
+
+  def due(self, step: int) -> bool:
+    """Whether the loop runs an update right after optimizer step `step`."""
+    return self.enabled and step > 0 and step % self.every_steps == 0 and self.start_steps <= step <= self.end_steps
+
+  def fraction_at(self, step):
+    if self.fraction_schedule == 'constant':
+      return jnp.asarray(self.fraction, jnp.float32)
+    span = max(self.end_steps - self.start_steps, 1)
+    t = jnp.clip((step - self.start_steps) / span, 0.0, 1.0)
+    return self.fraction * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+
+
+# ---------------------------------------------------------------------------------
+# Scores and selection.
+
+
+def hebbian_scores(pre_BxI: jax.Array, post_BxO: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """CH[i, o]: cosine similarity of neuron i's and neuron o's activations over the batch.
+
+  Post-ReLU activations, not mean-centred, no absolute value. A silent neuron (all
+  zeros on the batch) scores 0 with everything.
+  """
+  dots = pre_BxI.T @ post_BxO
+  norms = jnp.linalg.norm(pre_BxI, axis=0)[:, None] * jnp.linalg.norm(post_BxO, axis=0)[None, :]
+  return dots / jnp.maximum(norms, eps)
+
+
+def select_top(score: jax.Array, candidates: jax.Array, n) -> jax.Array:
+  """Bool mask of the n highest-scoring candidates; ties go to the lower flat index.
+
+  n may be a traced integer: selection is by rank, so shapes never depend on it.
+  """
+  flat = jnp.where(candidates, score, -jnp.inf).ravel()
+  order = jnp.argsort(-flat, stable=True)
+  ranks = jnp.zeros_like(order).at[order].set(jnp.arange(order.size, dtype=order.dtype))
+  return (ranks < n).reshape(score.shape) & candidates
+
+
+def select_bottom(score: jax.Array, candidates: jax.Array, n) -> jax.Array:
+  """Bool mask of the n lowest-scoring candidates."""
+  return select_top(-score, candidates, n)
+
+
+def prune_layer(criterion: str, mask, kernel, hebbian, key, n) -> jax.Array:
+  """Which present edges to remove: n of them, by the criterion."""
+  k_rand, k_mixed = jax.random.split(key)
+  if criterion == 'magnitude':
+    return select_bottom(jnp.abs(kernel), mask, n)
+  if criterion == 'random':
+    return select_bottom(jax.random.uniform(k_rand, mask.shape), mask, n)
+  if criterion == 'hebbian':
+    return select_bottom(hebbian, mask, n)
+  if criterion == 'mixed':  # a third each by magnitude, at random, by Hebbian score
+    n_mag, n_rand = n // 3, n // 3
+    pruned = select_bottom(jnp.abs(kernel), mask, n_mag)
+    pruned |= select_bottom(jax.random.uniform(k_mixed, mask.shape), mask & ~pruned, n_rand)
+    return pruned | select_bottom(hebbian, mask & ~pruned, n - n_mag - n_rand)
+  raise ValueError(f'prune criterion {criterion!r}: expected one of {PRUNE[1:]}')
+
+
+def grow_layer(criterion: str, candidates, hebbian, gradient, key, n) -> jax.Array:
+  """Which absent edges to add: n of the candidates, by the criterion."""
+  if criterion == 'random':
+    score = jax.random.uniform(key, candidates.shape)
+  elif criterion == 'hebbian':
+    score = hebbian
+  elif criterion == 'gradient':
+    score = jnp.abs(gradient)
+  else:
+    raise ValueError(f'grow criterion {criterion!r}: expected one of {GROW[1:]}')
+  return select_top(score, candidates, n)
+
+
+def rewire_layer(cfg: RewireSpec, mask, kernel, n, key, hebbian=None, gradient=None, same_group=None):
+  """(pruned, grown) bool masks of one layer; both hold n edges (exactly constant density)."""
+  k_prune, k_grow, k_grow2 = jax.random.split(key, 3)
+  pruned = prune_layer(cfg.prune, mask, kernel, hebbian, k_prune, n)
+  absent = ~(mask & ~pruned)
+  if cfg.candidates == 'same_kind':
+    n_intra = jnp.sum(pruned & same_group)
+    grown = grow_layer(cfg.grow, absent & same_group, hebbian, gradient, k_grow, n_intra)
+    grown |= grow_layer(cfg.grow, absent & ~same_group, hebbian, gradient, k_grow2, n - n_intra)
+  else:
+    grown = grow_layer(cfg.grow, absent, hebbian, gradient, k_grow, n)
+  return pruned, grown
+
+
+# ---------------------------------------------------------------------------------
+# The update.
+
+
+def sparse_paths(masks) -> list[tuple[str, ...]]:
+  """Paths of the masked kernels, in depth order (hidden_0, hidden_1, ...)."""
+  flat = traverse_util.flatten_dict(masks)
+  paths = [p for p, m in flat.items() if m is not None]
+  return sorted(paths, key=lambda p: int(p[-2].split('_')[-1]))
+
+
+def _layer_signals(state, batch, cfg: RewireSpec, paths):
+  """Hebbian scores and dense-gradient magnitudes per sparse layer, averaged over batches."""
+  need_hebbian = cfg.prune in ('hebbian', 'mixed') or cfg.grow == 'hebbian'
+  need_gradient = cfg.grow == 'gradient'
+
+  def one_batch(b):
+    images = data_lib.to_float(b['image'])
+
+    def loss_fn(params):
+      logits, acts = state.apply_fn({'params': params}, images)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, b['label']).mean(), acts
+
+    if need_gradient:
+      (_, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      flat_g = traverse_util.flatten_dict(grads)
+      gradients = [flat_g[p] for p in paths]
+    else:
+      _, acts = loss_fn(state.params)
+      gradients = [None] * len(paths)
+    layer = [int(p[-2].split('_')[-1]) for p in paths]
+    hebbian = [hebbian_scores(acts[k], acts[k + 1]) for k in layer] if need_hebbian else [None] * len(paths)
+    return hebbian, gradients
+
+  signals = jax.lax.map(one_batch, batch)  # leading axis: the batches
+  return jax.tree.map(lambda x: jnp.mean(x, axis=0), signals)
+
+
+def update_masks(state, batch: dict, rng: jax.Array, *, cfg: RewireSpec) -> tuple[Any, dict]:
+  """Prunes and regrows every sparse layer once; returns the new state and counts.
+
+  Args:
+    state: a TrainState; its params, masks, opt_state and last_grown are updated.
+    batch: {'image': uint8 [k, B, H, W, C], 'label': int [k, B]}, the k most recent
+      training batches (k = cfg.hebbian_batches), for the Hebbian and gradient scores.
+    rng: key for the random criteria.
+    cfg: the RewireSpec (bound with functools.partial before jit).
+
+  Returns:
+    (state, info): info maps each layer name to pruned and grown counts, intra- and
+    inter-group edge counts after the update, the mean |w| of pruned edges and the
+    turnover (share of the previous update's grown edges pruned now; -1 before any).
+  """
+  paths = sparse_paths(state.masks)
+  hebbian, gradients = _layer_signals(state, batch, cfg, paths)
+  fraction = cfg.fraction_at(state.step)
+  flat_w = traverse_util.flatten_dict(state.params)
+  flat_m = traverse_util.flatten_dict(state.masks)
+  flat_g = traverse_util.flatten_dict(state.last_grown)
+  new_w, new_m, new_g, changed, info = dict(flat_w), dict(flat_m), dict(flat_g), {}, {}
+  for k, path in enumerate(paths):
+    mask, kernel, last_grown = flat_m[path], flat_w[path], flat_g[path]
+    groups = cfg.groups[k] if k < len(cfg.groups) else None
+    same_group = None if groups is None else jnp.asarray(groups[0])[:, None] == jnp.asarray(groups[1])[None, :]
+    n = jnp.round(fraction * jnp.sum(mask)).astype(jnp.int32)
+    pruned, grown = rewire_layer(cfg, mask, kernel, n, jax.random.fold_in(rng, k), hebbian[k], gradients[k], same_group)
+    mask_after = (mask & ~pruned) | grown
+    new_m[path] = mask_after
+    new_w[path] = jnp.where(mask_after & ~grown, kernel, 0.0)
+    new_g[path] = grown
+    changed[path] = pruned | grown
+    n_pruned, n_last = jnp.sum(pruned), jnp.sum(last_grown)
+    layer_info = {
+      'pruned': n_pruned,
+      'grown': jnp.sum(grown),
+      'active': jnp.sum(mask_after),
+      'pruned_mean_abs_weight': jnp.sum(jnp.abs(kernel) * pruned) / jnp.maximum(n_pruned, 1),
+      'turnover': jnp.where(n_last > 0, jnp.sum(last_grown & pruned) / jnp.maximum(n_last, 1), -1.0),
+    }
+    if same_group is not None:
+      layer_info['intra'] = jnp.sum(mask_after & same_group)
+      layer_info['inter'] = jnp.sum(mask_after & ~same_group)
+    info[path[-2]] = layer_info
+
+  changed_tree = traverse_util.unflatten_dict({p: changed.get(p) for p in flat_m})
+  opt_state = state.opt_state
+  if cfg.reset_optimizer_state:
+    opt_state = optax.tree_map_params(
+      state.tx, lambda v, c: v if c is None else jnp.where(c, jnp.zeros_like(v), v), opt_state, changed_tree
+    )
+  state = state.replace(
+    params=traverse_util.unflatten_dict(new_w),
+    masks=traverse_util.unflatten_dict(new_m),
+    last_grown=traverse_util.unflatten_dict(new_g),
+    opt_state=opt_state,
+  )
+  return state, info
