@@ -47,6 +47,9 @@ def test_select_top_breaks_ties_by_index_and_respects_candidates():
   assert positions(rewiring.select_top(score, cand, 2)) == [(0, 0), (0, 1)]
   assert positions(rewiring.select_bottom(score, cand, 1)) == [(0, 0)]
   assert positions(rewiring.select_top(score, cand, 0)) == []
+  for k_max in (2, 3):  # a static bound on n gives the same answer
+    assert positions(rewiring.select_top(score, cand, 2, k_max)) == [(0, 0), (0, 1)]
+  assert positions(rewiring.select_top(score, cand, 5)) == [(0, 0), (0, 1), (1, 0)]  # only 3 candidates
 
 
 def test_magnitude_prune_and_gradient_grow_by_hand():
@@ -166,7 +169,8 @@ def stacked(config, k=2):
 def rewire_spec(config, state, **kw):
   exp = parse_config(config, 4)
   groups = conn.make_groups(state.params, exp.connectivity, exp.seed)
-  return dataclasses.replace(rewiring.RewireSpec(end_steps=100, groups=groups), **kw)
+  spec = rewiring.RewireSpec(end_steps=100, groups=groups, active_edges=rewiring.count_active(state.masks))
+  return dataclasses.replace(spec, **kw)
 
 
 @pytest.mark.parametrize('candidates', rewiring.CANDIDATES)
