@@ -64,6 +64,9 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   c.connectivity.num_groups = 8  # G: groups per side of each sparse layer
   c.connectivity.p_intra = 1.0  # p: edge probability inside a group, in [0, 1]
   c.connectivity.p_inter = 0.15  # p': edge probability between groups, in [0, 1]
+  c.connectivity.inter = 'bernoulli'  # 'bernoulli' (scattered, the paper's) | 'tiles' (blocks; fast path, g2g only)
+  c.connectivity.tile_size = 32  # neurons per tile side, inter = 'tiles'; widths / num_groups must divide by it
+  c.connectivity.tile_density = 1.0  # edges present inside an inter tile, (0, 1]; < 1 leaves DST room to grow
 
   # Dynamic sparse training (g2g_jax/rewiring.py): off unless prune and grow are both set.
   c.rewiring = ml_collections.ConfigDict()

@@ -30,6 +30,9 @@ class ConnectivitySpec:
   num_groups: int = 8  # G, groups per side of each sparse layer
   p_intra: float = 1.0  # p, edge probability inside a group
   p_inter: float = 0.15  # p', edge probability between groups
+  inter: str = 'bernoulli'  # inter-group edges: 'bernoulli' (the paper's) | 'tiles' (see tiles.py)
+  tile_size: int = 32  # neurons per side of a tile, inter = 'tiles' only
+  tile_density: float = 1.0  # share of edges present inside an inter tile, inter = 'tiles' only
 
   @property
   def density(self) -> float:
@@ -120,6 +123,8 @@ def make_groups(params: Mapping[str, Any], spec: ConnectivitySpec, seed: int) ->
   """
   flat = traverse_util.flatten_dict(params)
   shapes = [flat[p].shape for p in sparse_layer_paths(params)]
+  if any(len(shape) != 2 for shape in shapes):  # tiled layers carry their groups in their layout
+    return ()
   if any(n_in % spec.num_groups or n_out % spec.num_groups for n_in, n_out in shapes):
     return ()
   return tuple(layer_groups(n_in, n_out, k, spec, seed) for k, (n_in, n_out) in enumerate(shapes))
@@ -158,40 +163,46 @@ def param_matched_width(n_features: int, num_hidden: int, num_classes: int, targ
 @dataclasses.dataclass(frozen=True)
 class LayerStats:
   name: str
-  shape: tuple[int, int]
+  dense_size: int  # n_in x n_out, the edges of the dense layer it stands for
   active: int
 
   @property
   def density(self) -> float:
-    return self.active / (self.shape[0] * self.shape[1])
+    return self.active / self.dense_size
 
 
-def accounting(params, masks, num_patches: int) -> dict:
+def accounting(params, masks, num_patches: int, layout=None) -> dict:
   """Active parameters, densities and forward FLOPs per example.
 
   Parameters are counted for the MLP head (`head`), as the paper's table does, and
   for the whole model; a masked kernel counts its present edges only. FLOPs are
   2 x multiply-adds of the kernels (biases and ReLUs ignored); the conv kernel runs
   once per patch. `sparsity` is over the sparse (masked) layers, 0 for a dense model.
+  A tiled kernel (tiles.py) is measured against the dense layer it stands for, whose
+  size its layout gives.
   """
   flat_p = traverse_util.flatten_dict(params)
-  flat_m = traverse_util.flatten_dict(masks, keep_empty_nodes=True)
+  flat_m = traverse_util.flatten_dict(masks)
+  flat_l = traverse_util.flatten_dict(layout) if layout else {}
   layers, head_active, total_active, total_size = [], 0, 0, 0
   flops_sparse, flops_dense = 0, 0
   for path, p in flat_p.items():
     m = flat_m.get(path)
-    active = int(np.asarray(m).sum()) if m is not None else int(np.size(p))
+    size = int(np.size(p))
+    if np.ndim(p) == 4 and (*path[:-1], 'in_order') in flat_l:
+      size = flat_l[(*path[:-1], 'in_order')].shape[0] * flat_l[(*path[:-1], 'out_order')].shape[0]
+    active = int(np.asarray(m).sum()) if m is not None else size
     total_active += active
-    total_size += int(np.size(p))
+    total_size += size
     if path[0] == 'head':
       head_active += active
     if path[-1] == 'kernel':
-      runs = num_patches if np.ndim(p) == 4 else 1
+      runs = num_patches if path[0] == 'encoder' else 1
       flops_sparse += 2 * active * runs
-      flops_dense += 2 * int(np.size(p)) * runs
+      flops_dense += 2 * size * runs
       if m is not None:
-        layers.append(LayerStats('/'.join(path[:-1]), tuple(np.shape(p)), active))
-  sparse_total = sum(s.shape[0] * s.shape[1] for s in layers)
+        layers.append(LayerStats('/'.join(path[:-1]), size, active))
+  sparse_total = sum(s.dense_size for s in layers)
   sparse_active = sum(s.active for s in layers)
   return {
     'head_params': head_active,

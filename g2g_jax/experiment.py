@@ -13,7 +13,7 @@ import ml_collections
 
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
-from g2g_jax import models, optim, rewiring
+from g2g_jax import models, optim, rewiring, tiles
 
 PROGRESS = ('auto', 'bar', 'lines', 'none')
 WIDTH_RULES = ('fixed', 'match_g2g_params')
@@ -167,6 +167,9 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     num_groups=_int(c, 'connectivity.num_groups', 1),
     p_intra=_float(c, 'connectivity.p_intra', 0.0, 1.0),
     p_inter=_float(c, 'connectivity.p_inter', 0.0, 1.0),
+    inter=_choice(c, 'connectivity.inter', tiles.INTERS),
+    tile_size=_int(c, 'connectivity.tile_size', 1),
+    tile_density=_float(c, 'connectivity.tile_density', 0.0, 1.0, lo_open=True),
   )
   if width_rule == 'match_g2g_params':
     g2g_density = conn.expected_density(spec.num_groups, spec.p_intra, spec.p_inter)
@@ -179,6 +182,19 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     _divisible('model.patch_grid**2 * model.patch_channels (the feature count)', num_features, spec.num_groups, what)
     if width_rule == 'fixed':
       _divisible('model.hidden_width', hidden_width, spec.num_groups, what)
+  tile_plans = ()
+  if spec.inter == 'tiles':
+    if kind != 'g2g':
+      _fail('connectivity.inter', 'tiles', f"needs connectivity.kind = 'g2g', not {kind!r}")
+    sizes = [num_features, *widths]
+    for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+      why = tiles.check_sizes(n_in, n_out, spec.num_groups, spec.tile_size)
+      if why:
+        _fail('connectivity.tile_size', spec.tile_size, f'does not tile hidden_{k}: {why}')
+    tile_plans = tuple(
+      tiles.plan_layer(n_in, n_out, k, spec, spec.tile_size, _int(c, 'seed', 0))
+      for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
+    )
   model = models.G2GNet(
     widths=widths,
     num_classes=info.num_classes,
@@ -186,6 +202,7 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     channels=channels,
     order=_choice(c, 'model.feature_order', models.ORDERS),
     kernel_init=_choice(c, 'model.kernel_init', tuple(models.KERNEL_INITS)),
+    tile_plans=tile_plans,
   )
 
   optim_spec = optim.OptimSpec(

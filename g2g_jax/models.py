@@ -10,13 +10,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from g2g_jax.tiles import TiledDense, TilePlan
+
 ORDERS = ('patch_major', 'channel_major')
+# name -> (scale, distribution) of a fan-in variance-scaling initialiser.
 KERNEL_INITS = {
-  # PyTorch's default for Linear and Conv (the lab's code): U(+-1/sqrt(fan_in)).
-  'torch': nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
-  'lecun_normal': nn.initializers.lecun_normal(),
-  'he_normal': nn.initializers.he_normal(),
+  'torch': (1 / 3, 'uniform'),  # PyTorch's Linear / Conv default (the lab's code): U(+-1/sqrt(fan_in))
+  'lecun_normal': (1.0, 'truncated_normal'),
+  'he_normal': (2.0, 'truncated_normal'),
 }
+
+
+def kernel_init(name: str, in_axis=-2, out_axis=-1) -> nn.initializers.Initializer:
+  scale, distribution = KERNEL_INITS[name]
+  return nn.initializers.variance_scaling(scale, 'fan_in', distribution, in_axis=in_axis, out_axis=out_axis)
 
 
 class PatchEncoder(nn.Module):
@@ -42,7 +49,7 @@ class PatchEncoder(nn.Module):
       kernel_size=(ph, pw),
       strides=(ph, pw),
       padding='VALID',
-      kernel_init=KERNEL_INITS[self.kernel_init],
+      kernel_init=kernel_init(self.kernel_init),
       name='conv',
     )(images_BxHxWxC)
     y = nn.relu(y)  # [B, grid, grid, channels]
@@ -54,23 +61,31 @@ class PatchEncoder(nn.Module):
 class MLPHead(nn.Module):
   """Hidden Dense+ReLU layers `hidden_0..` (the sparse stack) and a dense `output`.
 
-  Returns (logits, activations): activations[0] is the input and activations[k + 1]
-  the post-ReLU output of hidden_k, i.e. layer k's pre- and post-synaptic activity
-  for the Hebbian rule. Unused activations cost nothing under jit.
+  A hidden layer with a TilePlan in `tile_plans` is a tiles.TiledDense that computes only
+  its present tiles; the others are plain Dense layers (masked, if at all, by the train
+  step). Returns (logits, activations): activations[0] is the input and
+  activations[k + 1] the post-ReLU output of hidden_k, i.e. layer k's pre- and
+  post-synaptic activity for the Hebbian rule. Unused activations cost nothing under jit.
   """
 
   widths: Sequence[int]
   num_classes: int
   kernel_init: str = 'torch'
+  tile_plans: Sequence[TilePlan | None] = ()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    init = KERNEL_INITS[self.kernel_init]
     acts = [x]
     for k, width in enumerate(self.widths):
-      x = nn.relu(nn.Dense(width, kernel_init=init, name=f'hidden_{k}')(x))
+      plan = self.tile_plans[k] if k < len(self.tile_plans) else None
+      if plan is None:
+        layer = nn.Dense(width, kernel_init=kernel_init(self.kernel_init), name=f'hidden_{k}')
+      else:
+        init = kernel_init(self.kernel_init, in_axis=(1, 2), out_axis=(0, 3))
+        layer = TiledDense(width, plan, kernel_init=init, name=f'hidden_{k}')
+      x = nn.relu(layer(x))
       acts.append(x)
-    logits = nn.Dense(self.num_classes, kernel_init=init, name='output')(x)
+    logits = nn.Dense(self.num_classes, kernel_init=kernel_init(self.kernel_init), name='output')(x)
     return logits, tuple(acts)
 
 
@@ -83,8 +98,9 @@ class G2GNet(nn.Module):
   channels: int = 32
   order: str = 'patch_major'
   kernel_init: str = 'torch'
+  tile_plans: Sequence[TilePlan | None] = ()
 
   @nn.compact
   def __call__(self, images: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     features = PatchEncoder(self.grid, self.channels, self.order, self.kernel_init, name='encoder')(images)
-    return MLPHead(self.widths, self.num_classes, self.kernel_init, name='head')(features)
+    return MLPHead(self.widths, self.num_classes, self.kernel_init, self.tile_plans, name='head')(features)

@@ -23,6 +23,7 @@ import optax
 from flax import traverse_util
 
 from g2g_jax import data as data_lib
+from g2g_jax import tiles
 
 PRUNE = ('none', 'magnitude', 'random', 'hebbian', 'mixed')
 GROW = ('none', 'random', 'hebbian', 'gradient')
@@ -174,7 +175,7 @@ def _layer_signals(state, batch, cfg: RewireSpec, paths):
     images = data_lib.to_float(b['image'])
 
     def loss_fn(params):
-      logits, acts = state.apply_fn({'params': params}, images)
+      logits, acts = state.apply_fn(state.variables(params), images)
       return optax.softmax_cross_entropy_with_integer_labels(logits, b['label']).mean(), acts
 
     if need_gradient:
@@ -213,15 +214,24 @@ def update_masks(state, batch: dict, rng: jax.Array, *, cfg: RewireSpec) -> tupl
   flat_w = traverse_util.flatten_dict(state.params)
   flat_m = traverse_util.flatten_dict(state.masks)
   flat_g = traverse_util.flatten_dict(state.last_grown)
+  layouts = traverse_util.flatten_dict(state.layout) if state.layout is not None else {}
   new_w, new_m, new_g, changed, info = dict(flat_w), dict(flat_m), dict(flat_g), {}, {}
   for k, path in enumerate(paths):
     mask, kernel, last_grown = flat_m[path], flat_w[path], flat_g[path]
-    groups = cfg.groups[k] if k < len(cfg.groups) else None
-    same_group = None if groups is None else jnp.asarray(groups[0])[:, None] == jnp.asarray(groups[1])[None, :]
+    heb = hebbian[k]
+    if kernel.ndim == 4:  # a tiled layer: scores and groups at its present tiles
+      layout = {name: layouts[(*path[:-1], name)] for name in ('idx', 'intra', 'in_order', 'out_order')}
+      heb = None if heb is None else tiles.to_blocks(heb, layout, kernel.shape[-1])
+      same_group = jnp.broadcast_to(layout['intra'][:, :, None, None], mask.shape)
+    elif k < len(cfg.groups):
+      g_in, g_out = cfg.groups[k]
+      same_group = jnp.asarray(g_in)[:, None] == jnp.asarray(g_out)[None, :]
+    else:
+      same_group = None
     n = jnp.round(fraction * jnp.sum(mask)).astype(jnp.int32)
     k_max = int(round(cfg.fraction * cfg.active_edges[k])) + 1 if cfg.active_edges else None
     key = jax.random.fold_in(rng, k)
-    pruned, grown = rewire_layer(cfg, mask, kernel, n, key, hebbian[k], gradients[k], same_group, k_max)
+    pruned, grown = rewire_layer(cfg, mask, kernel, n, key, heb, gradients[k], same_group, k_max)
     mask_after = (mask & ~pruned) | grown
     new_m[path] = mask_after
     new_w[path] = jnp.where(mask_after & ~grown, kernel, 0.0)

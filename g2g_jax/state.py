@@ -17,11 +17,18 @@ class TrainState(train_state.TrainState):
     run draws exactly what an uninterrupted one would.
   last_grown: shaped like `masks`, the edges grown by the latest mask update (all
     False before any), for the turnover of the next one.
+  layout: the index arrays of tiled layers: which input tiles each output tile reads.
   """
 
   masks: Any
   key: jax.Array
   last_grown: Any
+  layout: Any = None  # the 'layout' collection of tiled layers (tiles.py); None without any
+
+  def variables(self, params=None) -> dict:
+    """What apply_fn takes: the params (these or the state's) and the layout, if any."""
+    params = self.params if params is None else params
+    return {'params': params} if self.layout is None else {'params': params, 'layout': self.layout}
 
 
 def apply_masks(tree, masks):

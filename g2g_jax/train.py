@@ -25,7 +25,7 @@ from g2g_jax import checkpoint as ckpt_lib
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
 from g2g_jax import metrics as metrics_lib
-from g2g_jax import optim, rewiring
+from g2g_jax import optim, rewiring, tiles
 from g2g_jax.experiment import ConfigError, Experiment, config_differences, parse_config
 from g2g_jax.state import TrainState, apply_masks
 
@@ -64,11 +64,19 @@ def make_train_state(
   num_train = num_train_examples or exp.data.info.num_train
   total_steps = (num_train // exp.batch_size) * exp.num_epochs
   dummy = jnp.zeros((1, *exp.data.info.image_shape), jnp.float32)
-  params = jax.jit(exp.model.init)(k_init, dummy)['params']
-  masks = conn.make_masks(params, exp.connectivity, exp.seed)
-  params = jax.tree.map(
-    lambda p, m: p if m is None else jnp.asarray(conn.rescale_init(np.asarray(p), m)), params, masks
-  )
+  variables = jax.jit(exp.model.init)(k_init, dummy)
+  params, layout = variables['params'], variables.get('layout')
+  if layout is None:
+    masks = conn.make_masks(params, exp.connectivity, exp.seed)
+  else:
+    masks, layout = tiles.make_masks_and_layout(params, layout, exp.connectivity, exp.seed)
+
+  def rescale(p, m):
+    if m is None:
+      return p
+    return jnp.asarray((tiles.rescale_init if p.ndim == 4 else conn.rescale_init)(np.asarray(p), m))
+
+  params = jax.tree.map(rescale, params, masks)
   masks = jax.tree.map(lambda m: None if m is None else jnp.asarray(m), masks, is_leaf=lambda x: x is None)
   return TrainState.create(
     apply_fn=exp.model.apply,
@@ -77,11 +85,12 @@ def make_train_state(
     masks=masks,
     key=k_run,
     last_grown=jax.tree.map(lambda m: None if m is None else jnp.zeros_like(m), masks, is_leaf=lambda x: x is None),
+    layout=layout,
   )
 
 
-def loss_and_logits(params, apply_fn, images, labels):
-  logits, _ = apply_fn({'params': params}, images)
+def loss_and_logits(params, state, images, labels):
+  logits, _ = state.apply_fn(state.variables(params), images)
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
 
@@ -90,7 +99,7 @@ def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: in
   key = jax.random.fold_in(state.key, state.step)
   images = data_lib.preprocess(key, batch['image'], augment, crop_padding)
   grad_fn = jax.value_and_grad(loss_and_logits, has_aux=True)
-  (loss, logits), grads = grad_fn(state.params, state.apply_fn, images, batch['label'])
+  (loss, logits), grads = grad_fn(state.params, state, images, batch['label'])
   grads = apply_masks(grads, state.masks)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = apply_masks(optax.apply_updates(state.params, updates), state.masks)
@@ -102,7 +111,7 @@ def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: in
 def eval_step(state: TrainState, batch: dict):
   """Sums of loss and correct predictions over the examples with weight 1."""
   images = data_lib.to_float(batch['image'])
-  logits, _ = state.apply_fn({'params': state.params}, images)
+  logits, _ = state.apply_fn(state.variables(), images)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
   correct = jnp.argmax(logits, -1) == batch['label']
   w = batch['weight']
@@ -238,7 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ConfigError(f'config.batch_size = {exp.batch_size}: must be <= the training set size ({n_train})')
 
   state = make_train_state(exp, num_train_examples=n_train)
-  acct = conn.accounting(state.params, state.masks, exp.num_patches)
+  acct = conn.accounting(state.params, state.masks, exp.num_patches, state.layout)
   loop = _Loop(exp, workdir, dataset, mesh, state)
   _log_setup(exp, dataset, acct, mesh, loop.steps_per_epoch)
 

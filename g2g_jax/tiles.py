@@ -1,0 +1,245 @@
+"""Tiled inter-group connectivity: layouts, the block-sparse layer, and its masked form.
+
+With `connectivity.inter = 'tiles'` a sparse layer is stored and computed as tiles:
+neurons are ordered by group on each side and cut into tiles of `tile` neurons. Each
+output tile receives the same number K of input tiles: all the tiles of its own group
+(intra, edges Bernoulli(p) inside them) and K_inter tiles of other groups (inter, edges
+Bernoulli(tile_density) inside), K_inter = round(p' x (G - 1) x tiles per input group /
+tile_density), so the expected density matches the Bernoulli layer up to that rounding.
+With tile_density = 1 present tiles are full and DST can only re-initialise edges inside
+them; a lower tile_density leaves absent edges in present tiles for DST to grow into.
+The kernel is [C, K, tile, tile] and only present tiles are computed: a gather of input
+tiles and a batched matmul, about 1 / density fewer FLOPs than the dense layer.
+
+Inter tiles are chosen per layer as K_inter distinct (group offset d, shift s) pairs:
+output tile w of group g reads input tile sigma_d((w + s) mod S_in) of group g + d, with
+sigma_d a random permutation per offset. So every input tile also feeds the same number
+of output tiles, and the backward pass is a gather too (no scatter-add). The layout is
+an index array in the 'layout' variable collection: moving tiles changes its values,
+never a shape, so nothing retraces.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from g2g_jax import connectivity as conn
+
+INTERS = ('bernoulli', 'tiles')
+_TILES_STREAM = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class TilePlan:
+  """Static shape facts of one tiled layer (what the model needs to build it)."""
+
+  tile: int
+  num_slots: int  # K: input tiles per output tile
+  num_intra: int  # S_in: the first num_intra slots are the own group's tiles
+  permute_in: bool  # the input grouping is not contiguous: inputs are reordered by group
+  permute_out: bool
+
+
+def _groups_contiguous(groups: np.ndarray) -> bool:
+  return bool(np.all(np.diff(groups) >= 0))
+
+
+def plan_layer(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, tile: int, seed: int) -> TilePlan:
+  g = spec.num_groups
+  s_in = n_in // g // tile
+  k_inter = min(int(round(spec.p_inter * (g - 1) * s_in / spec.tile_density)), (g - 1) * s_in)
+  g_in, g_out = conn.layer_groups(n_in, n_out, layer, spec, seed)
+  return TilePlan(tile, s_in + k_inter, s_in, not _groups_contiguous(g_in), not _groups_contiguous(g_out))
+
+
+def check_sizes(n_in: int, n_out: int, num_groups: int, tile: int) -> str | None:
+  """Why a layer cannot be tiled, or None when it can."""
+  for side, n in (('input', n_in), ('output', n_out)):
+    if n % (num_groups * tile):
+      return f'the {side} width {n} must be a multiple of num_groups x tile_size ({num_groups} x {tile})'
+  if (n_out // tile) % (n_in // tile):
+    return f'the output width {n_out} must be a multiple of the input width {n_in} (for regular tiles)'
+  return None
+
+
+def make_layout(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, tile: int, seed: int):
+  """(layout arrays, bool block mask [C, K, tile, tile]) of one layer, from the seed."""
+  plan = plan_layer(n_in, n_out, layer, spec, tile, seed)
+  g = spec.num_groups
+  r_tiles, c_tiles = n_in // tile, n_out // tile
+  s_in, s_out = r_tiles // g, c_tiles // g
+  rng = np.random.default_rng([seed, _TILES_STREAM, layer])
+  pairs = [(d, s) for d in range(1, g) for s in range(s_in)]
+  chosen = [pairs[i] for i in sorted(rng.choice(len(pairs), plan.num_slots - s_in, replace=False))]
+  sigma = {d: rng.permutation(s_in) for d in range(1, g)}
+
+  idx = np.zeros((c_tiles, plan.num_slots), np.int32)
+  for c in range(c_tiles):
+    group, w = divmod(c, s_out)
+    idx[c, :s_in] = group * s_in + np.arange(s_in)
+    for j, (d, s) in enumerate(chosen):
+      idx[c, s_in + j] = ((group + d) % g) * s_in + sigma[d][(w + s) % s_in]
+  intra = (idx // s_in) == (np.arange(c_tiles) // s_out)[:, None]
+
+  g_in, g_out = conn.layer_groups(n_in, n_out, layer, spec, seed)
+  in_order, out_order = np.argsort(g_in, kind='stable'), np.argsort(g_out, kind='stable')
+  edge_rng = np.random.default_rng([seed, _TILES_STREAM + 1, layer])
+  mask = np.ones((c_tiles, plan.num_slots, tile, tile), bool)
+  mask[intra] = edge_rng.random((int(intra.sum()), tile, tile)) < spec.p_intra
+  mask[~intra] = edge_rng.random((int((~intra).sum()), tile, tile)) < spec.tile_density
+  layout = {
+    'idx': idx,
+    'rev': reverse_index(idx, r_tiles),
+    'intra': intra,
+    'in_order': in_order.astype(np.int32),
+    'in_inverse': np.argsort(in_order).astype(np.int32),
+    'out_order': out_order.astype(np.int32),
+    'out_inverse': np.argsort(out_order).astype(np.int32),
+  }
+  return layout, mask
+
+
+def reverse_index(idx: np.ndarray, r_tiles: int) -> np.ndarray:
+  """rev[r] lists the flat slots c * K + k that read input tile r (same count for every r)."""
+  flat = idx.ravel()
+  order = np.argsort(flat, kind='stable')
+  counts = np.bincount(flat, minlength=r_tiles)
+  if counts.min() != counts.max():
+    raise ValueError(f'irregular tile layout: input tiles are read {counts.min()} to {counts.max()} times')
+  return order.reshape(r_tiles, counts[0]).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------
+# Gathers with gather-only backward passes.
+
+
+@jax.custom_vjp
+def permute(x: jax.Array, order: jax.Array, inverse: jax.Array) -> jax.Array:
+  """x[:, order] for a permutation; the backward pass is x[:, inverse], not a scatter."""
+  return jnp.take(x, order, axis=1)
+
+
+def _permute_fwd(x, order, inverse):
+  return permute(x, order, inverse), (order, inverse)
+
+
+def _permute_bwd(res, g):
+  _, inverse = res
+  return jnp.take(g, inverse, axis=1), None, None
+
+
+permute.defvjp(_permute_fwd, _permute_bwd)
+
+
+@jax.custom_vjp
+def gather_tiles(x_BxRxT: jax.Array, idx: jax.Array, rev: jax.Array) -> jax.Array:
+  """[B, C, K, T]: the input tiles each output tile reads."""
+  return jnp.take(x_BxRxT, idx, axis=1)
+
+
+def _gather_fwd(x, idx, rev):
+  return gather_tiles(x, idx, rev), (idx, rev)
+
+
+def _gather_bwd(res, g_BxCxKxT):
+  _, rev = res
+  b, c, k, t = g_BxCxKxT.shape
+  flat = g_BxCxKxT.reshape(b, c * k, t)
+  return jnp.take(flat, rev, axis=1).sum(axis=2), None, None  # [B, R, U, T] -> [B, R, T]
+
+
+gather_tiles.defvjp(_gather_fwd, _gather_bwd)
+
+
+class TiledDense(nn.Module):
+  """A sparse Dense layer that computes only its present tiles.
+
+  Params: kernel [C, K, tile, tile], bias [features]. Layout (collection 'layout'):
+  the index arrays of make_layout. Equal to a Dense layer whose kernel is `to_dense`.
+  """
+
+  features: int
+  plan: TilePlan
+  # Built with in_axis=(1, 2): fan-in K x tile, each output's present inputs.
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal(in_axis=(1, 2), out_axis=(0, 3))
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, n_in = x.shape
+    t, k = self.plan.tile, self.plan.num_slots
+    c_tiles, r_tiles = self.features // t, n_in // t
+    u = c_tiles * k // r_tiles
+
+    def zeros(shape):
+      return lambda: jnp.zeros(shape, jnp.int32)
+
+    idx = self.variable('layout', 'idx', zeros((c_tiles, k))).value
+    rev = self.variable('layout', 'rev', zeros((r_tiles, u))).value
+    self.variable('layout', 'intra', lambda: jnp.zeros((c_tiles, k), bool))
+    in_order = self.variable('layout', 'in_order', zeros((n_in,))).value
+    in_inverse = self.variable('layout', 'in_inverse', zeros((n_in,))).value
+    out_order = self.variable('layout', 'out_order', zeros((self.features,))).value
+    out_inverse = self.variable('layout', 'out_inverse', zeros((self.features,))).value
+
+    kernel = self.param('kernel', self.kernel_init, (c_tiles, k, t, t))  # fan-in K * tile, see kernel_init
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    if self.plan.permute_in:
+      x = permute(x, in_order, in_inverse)
+    tiles = gather_tiles(x.reshape(b, r_tiles, t), idx, rev)
+    y = jnp.einsum('bckt,ckts->bcs', tiles, kernel).reshape(b, self.features)
+    if self.plan.permute_out:
+      y = permute(y, out_inverse, out_order)
+    return y + bias[None, :]
+
+
+def to_dense(blocks_CxKxTxT, layout: dict, n_in: int, n_out: int) -> np.ndarray:
+  """The [n_in, n_out] matrix a tiled kernel (or mask) stands for, in neuron order."""
+  blocks = np.asarray(blocks_CxKxTxT)
+  c_tiles, k, t, _ = blocks.shape
+  out = np.zeros((n_in // t, t, c_tiles, t), blocks.dtype)
+  idx = np.asarray(layout['idx'])
+  for c in range(c_tiles):
+    out[idx[c], :, c, :] = blocks[c]
+  dense_sorted = out.reshape(n_in, n_out)
+  in_order, out_order = np.asarray(layout['in_order']), np.asarray(layout['out_order'])
+  dense = np.zeros_like(dense_sorted)
+  dense[np.ix_(in_order, out_order)] = dense_sorted
+  return dense
+
+
+def to_blocks(dense_IxO: jax.Array, layout: dict, tile: int) -> jax.Array:
+  """The entries of an [n_in, n_out] matrix (a score) at a tiled layer's present tiles."""
+  n_in, n_out = dense_IxO.shape
+  s = jnp.take(jnp.take(dense_IxO, layout['in_order'], axis=0), layout['out_order'], axis=1)
+  s = s.reshape(n_in // tile, tile, n_out // tile, tile).transpose(2, 0, 1, 3)  # [C, R, T, T]
+  return jnp.take_along_axis(s, layout['idx'][:, :, None, None], axis=1)
+
+
+def make_masks_and_layout(params, layout, spec: conn.ConnectivitySpec, seed: int):
+  """Block masks for the tiled kernels (None elsewhere) and the filled layout collection."""
+  from flax import traverse_util  # noqa: PLC0415
+
+  flat_p = traverse_util.flatten_dict(params)
+  flat_l = traverse_util.flatten_dict(layout)
+  masks = {path: None for path in flat_p}
+  for k, path in enumerate(conn.sparse_layer_paths(params)):
+    prefix = path[:-1]
+    n_in, n_out = flat_l[(*prefix, 'in_order')].shape[0], flat_l[(*prefix, 'out_order')].shape[0]
+    arrays, mask = make_layout(n_in, n_out, k, spec, flat_p[path].shape[2], seed)
+    if mask.shape != flat_p[path].shape:
+      raise ValueError(f'{"/".join(path)}: layout {mask.shape} does not match the kernel {flat_p[path].shape}')
+    masks[path] = mask
+    for name, value in arrays.items():
+      flat_l[(*prefix, name)] = jnp.asarray(value)
+  return traverse_util.unflatten_dict(masks), traverse_util.unflatten_dict(flat_l)
+
+
+def rescale_init(kernel_CxKxTxT: np.ndarray, mask_CxKxTxT: np.ndarray) -> np.ndarray:
+  """conn.rescale_init for a tiled kernel: each output's present weights scaled to its fan-in."""
+  c, k, t, _ = kernel_CxKxTxT.shape
+  as_2d = lambda a: np.asarray(a).transpose(1, 2, 0, 3).reshape(k * t, c * t)  # noqa: E731
+  scaled = conn.rescale_init(as_2d(kernel_CxKxTxT), as_2d(mask_CxKxTxT))
+  return scaled.reshape(k, t, c, t).transpose(2, 0, 1, 3)
