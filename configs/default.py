@@ -34,6 +34,10 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   c.halt_after_steps = 0  # steps: save and stop once the run reaches this step; 0 = never
   c.num_devices = 0  # devices in the data-parallel mesh; 0 = all local devices
   c.progress = 'auto'  # 'auto' (bar on a terminal, else lines) | 'bar' | 'lines' | 'none'
+  # 'steps': one jitted call per step, batches gathered on the host; 'scan': the dataset
+  # stays on the device and one call runs up to log_every_steps steps (lax.scan); 'auto':
+  # steps on a CPU (measured faster there), scan on GPU / TPU (launch-bound at these widths).
+  c.loop = 'auto'
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'fashion_mnist'  # 'fashion_mnist' | 'cifar10' | 'cifar100' | 'synthetic'
@@ -65,7 +69,7 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   c.connectivity.p_intra = 1.0  # p: edge probability inside a group, in [0, 1]
   c.connectivity.p_inter = 0.15  # p': edge probability between groups, in [0, 1]
   c.connectivity.inter = 'bernoulli'  # 'bernoulli' (scattered, the paper's) | 'tiles' (blocks; fast path, g2g only)
-  c.connectivity.tile_size = 32  # neurons per tile side, inter = 'tiles'; widths / num_groups must divide by it
+  c.connectivity.tile_size = 0  # neurons per tile side, inter = 'tiles'; 0 = one tile per group side (fastest)
   c.connectivity.tile_density = 1.0  # edges present inside an inter tile, (0, 1]; < 1 leaves DST room to grow
 
   # Dynamic sparse training (g2g_jax/rewiring.py): off unless prune and grow are both set.

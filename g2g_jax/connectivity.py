@@ -31,7 +31,7 @@ class ConnectivitySpec:
   p_intra: float = 1.0  # p, edge probability inside a group
   p_inter: float = 0.15  # p', edge probability between groups
   inter: str = 'bernoulli'  # inter-group edges: 'bernoulli' (the paper's) | 'tiles' (see tiles.py)
-  tile_size: int = 32  # neurons per side of a tile, inter = 'tiles' only
+  tile_size: int = 0  # neurons per tile side, inter = 'tiles' only; 0 = a whole group
   tile_density: float = 1.0  # share of edges present inside an inter tile, inter = 'tiles' only
 
   @property

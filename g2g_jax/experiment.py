@@ -16,6 +16,7 @@ from g2g_jax import data as data_lib
 from g2g_jax import models, optim, rewiring, tiles
 
 PROGRESS = ('auto', 'bar', 'lines', 'none')
+LOOPS = ('auto', 'steps', 'scan')
 WIDTH_RULES = ('fixed', 'match_g2g_params')
 # Fields that may differ when a run is resumed: they change how it runs, not what it computes.
 RUNTIME_FIELDS = (
@@ -23,6 +24,7 @@ RUNTIME_FIELDS = (
   'progress',
   'log_every_steps',
   'num_devices',
+  'loop',
   'data.dir',
   'data.tfds_data_dir',
   'data.download',
@@ -59,6 +61,7 @@ class Experiment:
   halt_after_steps: int
   num_devices: int  # resolved: > 0
   progress: str
+  loop: str  # 'auto' | 'steps' | 'scan'
   data: DataSpec
   model: models.G2GNet
   connectivity: conn.ConnectivitySpec
@@ -168,7 +171,7 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     p_intra=_float(c, 'connectivity.p_intra', 0.0, 1.0),
     p_inter=_float(c, 'connectivity.p_inter', 0.0, 1.0),
     inter=_choice(c, 'connectivity.inter', tiles.INTERS),
-    tile_size=_int(c, 'connectivity.tile_size', 1),
+    tile_size=_int(c, 'connectivity.tile_size', 0),
     tile_density=_float(c, 'connectivity.tile_density', 0.0, 1.0, lo_open=True),
   )
   if width_rule == 'match_g2g_params':
@@ -192,7 +195,7 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
       if why:
         _fail('connectivity.tile_size', spec.tile_size, f'does not tile hidden_{k}: {why}')
     tile_plans = tuple(
-      tiles.plan_layer(n_in, n_out, k, spec, spec.tile_size, _int(c, 'seed', 0))
+      tiles.plan_layer(n_in, n_out, k, spec, _int(c, 'seed', 0))
       for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
     )
   model = models.G2GNet(
@@ -253,6 +256,7 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     halt_after_steps=_int(c, 'halt_after_steps', 0),
     num_devices=num_devices,
     progress=_choice(c, 'progress', PROGRESS),
+    loop=_choice(c, 'loop', LOOPS),
     data=data,
     model=model,
     connectivity=spec,

@@ -221,7 +221,7 @@ def update_masks(state, batch: dict, rng: jax.Array, *, cfg: RewireSpec) -> tupl
     heb = hebbian[k]
     if kernel.ndim == 4:  # a tiled layer: scores and groups at its present tiles
       layout = {name: layouts[(*path[:-1], name)] for name in ('idx', 'intra', 'in_order', 'out_order')}
-      heb = None if heb is None else tiles.to_blocks(heb, layout, kernel.shape[-1])
+      heb = None if heb is None else tiles.to_blocks(heb, layout, *kernel.shape[2:])
       same_group = jnp.broadcast_to(layout['intra'][:, :, None, None], mask.shape)
     elif k < len(cfg.groups):
       g_in, g_out = cfg.groups[k]

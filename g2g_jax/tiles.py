@@ -1,15 +1,17 @@
 """Tiled inter-group connectivity: layouts, the block-sparse layer, and its masked form.
 
 With `connectivity.inter = 'tiles'` a sparse layer is stored and computed as tiles:
-neurons are ordered by group on each side and cut into tiles of `tile` neurons. Each
+neurons are ordered by group on each side and cut into tiles (tile_in neurons on the
+input side, tile_out on the output side; `tile_size = 0` makes a group one tile). Each
 output tile receives the same number K of input tiles: all the tiles of its own group
 (intra, edges Bernoulli(p) inside them) and K_inter tiles of other groups (inter, edges
 Bernoulli(tile_density) inside), K_inter = round(p' x (G - 1) x tiles per input group /
 tile_density), so the expected density matches the Bernoulli layer up to that rounding.
 With tile_density = 1 present tiles are full and DST can only re-initialise edges inside
 them; a lower tile_density leaves absent edges in present tiles for DST to grow into.
-The kernel is [C, K, tile, tile] and only present tiles are computed: a gather of input
-tiles and a batched matmul, about 1 / density fewer FLOPs than the dense layer.
+The kernel is [C, K, tile_in, tile_out] and only present tiles are computed: a gather of
+input tiles and a batched matmul, about 1 / density fewer FLOPs than the dense layer.
+Large tiles make large matmuls: on a CPU group-sized tiles are the fast choice.
 
 Inter tiles are chosen per layer as K_inter distinct (group offset d, shift s) pairs:
 output tile w of group g reads input tile sigma_d((w + s) mod S_in) of group g + d, with
@@ -36,7 +38,8 @@ _TILES_STREAM = 4
 class TilePlan:
   """Static shape facts of one tiled layer (what the model needs to build it)."""
 
-  tile: int
+  tile_in: int  # input neurons per tile
+  tile_out: int  # output neurons per tile
   num_slots: int  # K: input tiles per output tile
   num_intra: int  # S_in: the first num_intra slots are the own group's tiles
   permute_in: bool  # the input grouping is not contiguous: inputs are reordered by group
@@ -47,29 +50,41 @@ def _groups_contiguous(groups: np.ndarray) -> bool:
   return bool(np.all(np.diff(groups) >= 0))
 
 
-def plan_layer(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, tile: int, seed: int) -> TilePlan:
+def tile_sides(n_in: int, n_out: int, num_groups: int, tile_size: int) -> tuple[int, int]:
+  """(tile_in, tile_out): tile_size on both sides, or a whole group per side when it is 0."""
+  if tile_size == 0:
+    return n_in // num_groups, n_out // num_groups
+  return tile_size, tile_size
+
+
+def plan_layer(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, seed: int) -> TilePlan:
   g = spec.num_groups
-  s_in = n_in // g // tile
+  t_in, t_out = tile_sides(n_in, n_out, g, spec.tile_size)
+  s_in = n_in // g // t_in
   k_inter = min(int(round(spec.p_inter * (g - 1) * s_in / spec.tile_density)), (g - 1) * s_in)
   g_in, g_out = conn.layer_groups(n_in, n_out, layer, spec, seed)
-  return TilePlan(tile, s_in + k_inter, s_in, not _groups_contiguous(g_in), not _groups_contiguous(g_out))
+  return TilePlan(t_in, t_out, s_in + k_inter, s_in, not _groups_contiguous(g_in), not _groups_contiguous(g_out))
 
 
-def check_sizes(n_in: int, n_out: int, num_groups: int, tile: int) -> str | None:
+def check_sizes(n_in: int, n_out: int, num_groups: int, tile_size: int) -> str | None:
   """Why a layer cannot be tiled, or None when it can."""
   for side, n in (('input', n_in), ('output', n_out)):
-    if n % (num_groups * tile):
-      return f'the {side} width {n} must be a multiple of num_groups x tile_size ({num_groups} x {tile})'
-  if (n_out // tile) % (n_in // tile):
-    return f'the output width {n_out} must be a multiple of the input width {n_in} (for regular tiles)'
+    if n % num_groups:
+      return f'the {side} width {n} must be a multiple of num_groups ({num_groups})'
+    if tile_size and (n // num_groups) % tile_size:
+      return f'the {side} width {n} must be a multiple of num_groups x tile_size ({num_groups} x {tile_size})'
+  t_in, t_out = tile_sides(n_in, n_out, num_groups, tile_size)
+  s_in, s_out = n_in // num_groups // t_in, n_out // num_groups // t_out
+  if s_out % s_in:
+    return f'each group must have a multiple of {s_in} output tiles (it has {s_out}), for regular tiles'
   return None
 
 
-def make_layout(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, tile: int, seed: int):
-  """(layout arrays, bool block mask [C, K, tile, tile]) of one layer, from the seed."""
-  plan = plan_layer(n_in, n_out, layer, spec, tile, seed)
-  g = spec.num_groups
-  r_tiles, c_tiles = n_in // tile, n_out // tile
+def make_layout(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, seed: int):
+  """(layout arrays, bool block mask [C, K, tile_in, tile_out]) of one layer, from the seed."""
+  plan = plan_layer(n_in, n_out, layer, spec, seed)
+  g, t_in, t_out = spec.num_groups, plan.tile_in, plan.tile_out
+  r_tiles, c_tiles = n_in // t_in, n_out // t_out
   s_in, s_out = r_tiles // g, c_tiles // g
   rng = np.random.default_rng([seed, _TILES_STREAM, layer])
   pairs = [(d, s) for d in range(1, g) for s in range(s_in)]
@@ -87,9 +102,9 @@ def make_layout(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, 
   g_in, g_out = conn.layer_groups(n_in, n_out, layer, spec, seed)
   in_order, out_order = np.argsort(g_in, kind='stable'), np.argsort(g_out, kind='stable')
   edge_rng = np.random.default_rng([seed, _TILES_STREAM + 1, layer])
-  mask = np.ones((c_tiles, plan.num_slots, tile, tile), bool)
-  mask[intra] = edge_rng.random((int(intra.sum()), tile, tile)) < spec.p_intra
-  mask[~intra] = edge_rng.random((int((~intra).sum()), tile, tile)) < spec.tile_density
+  mask = np.ones((c_tiles, plan.num_slots, t_in, t_out), bool)
+  mask[intra] = edge_rng.random((int(intra.sum()), t_in, t_out)) < spec.p_intra
+  mask[~intra] = edge_rng.random((int((~intra).sum()), t_in, t_out)) < spec.tile_density
   layout = {
     'idx': idx,
     'rev': reverse_index(idx, r_tiles),
@@ -157,7 +172,7 @@ gather_tiles.defvjp(_gather_fwd, _gather_bwd)
 class TiledDense(nn.Module):
   """A sparse Dense layer that computes only its present tiles.
 
-  Params: kernel [C, K, tile, tile], bias [features]. Layout (collection 'layout'):
+  Params: kernel [C, K, tile_in, tile_out], bias [features]. Layout (collection 'layout'):
   the index arrays of make_layout. Equal to a Dense layer whose kernel is `to_dense`.
   """
 
@@ -169,8 +184,8 @@ class TiledDense(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n_in = x.shape
-    t, k = self.plan.tile, self.plan.num_slots
-    c_tiles, r_tiles = self.features // t, n_in // t
+    t_in, t_out, k = self.plan.tile_in, self.plan.tile_out, self.plan.num_slots
+    c_tiles, r_tiles = self.features // t_out, n_in // t_in
     u = c_tiles * k // r_tiles
 
     def zeros(shape):
@@ -184,22 +199,22 @@ class TiledDense(nn.Module):
     out_order = self.variable('layout', 'out_order', zeros((self.features,))).value
     out_inverse = self.variable('layout', 'out_inverse', zeros((self.features,))).value
 
-    kernel = self.param('kernel', self.kernel_init, (c_tiles, k, t, t))  # fan-in K * tile, see kernel_init
+    kernel = self.param('kernel', self.kernel_init, (c_tiles, k, t_in, t_out))  # fan-in K * tile, see kernel_init
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     if self.plan.permute_in:
       x = permute(x, in_order, in_inverse)
-    tiles = gather_tiles(x.reshape(b, r_tiles, t), idx, rev)
+    tiles = gather_tiles(x.reshape(b, r_tiles, t_in), idx, rev)
     y = jnp.einsum('bckt,ckts->bcs', tiles, kernel).reshape(b, self.features)
     if self.plan.permute_out:
       y = permute(y, out_inverse, out_order)
     return y + bias[None, :]
 
 
-def to_dense(blocks_CxKxTxT, layout: dict, n_in: int, n_out: int) -> np.ndarray:
+def to_dense(blocks_CxKxIxO, layout: dict, n_in: int, n_out: int) -> np.ndarray:
   """The [n_in, n_out] matrix a tiled kernel (or mask) stands for, in neuron order."""
-  blocks = np.asarray(blocks_CxKxTxT)
-  c_tiles, k, t, _ = blocks.shape
-  out = np.zeros((n_in // t, t, c_tiles, t), blocks.dtype)
+  blocks = np.asarray(blocks_CxKxIxO)
+  c_tiles, _, t_in, t_out = blocks.shape
+  out = np.zeros((n_in // t_in, t_in, c_tiles, t_out), blocks.dtype)
   idx = np.asarray(layout['idx'])
   for c in range(c_tiles):
     out[idx[c], :, c, :] = blocks[c]
@@ -210,11 +225,11 @@ def to_dense(blocks_CxKxTxT, layout: dict, n_in: int, n_out: int) -> np.ndarray:
   return dense
 
 
-def to_blocks(dense_IxO: jax.Array, layout: dict, tile: int) -> jax.Array:
+def to_blocks(dense_IxO: jax.Array, layout: dict, tile_in: int, tile_out: int) -> jax.Array:
   """The entries of an [n_in, n_out] matrix (a score) at a tiled layer's present tiles."""
   n_in, n_out = dense_IxO.shape
   s = jnp.take(jnp.take(dense_IxO, layout['in_order'], axis=0), layout['out_order'], axis=1)
-  s = s.reshape(n_in // tile, tile, n_out // tile, tile).transpose(2, 0, 1, 3)  # [C, R, T, T]
+  s = s.reshape(n_in // tile_in, tile_in, n_out // tile_out, tile_out).transpose(2, 0, 1, 3)  # [C, R, I, O]
   return jnp.take_along_axis(s, layout['idx'][:, :, None, None], axis=1)
 
 
@@ -228,7 +243,7 @@ def make_masks_and_layout(params, layout, spec: conn.ConnectivitySpec, seed: int
   for k, path in enumerate(conn.sparse_layer_paths(params)):
     prefix = path[:-1]
     n_in, n_out = flat_l[(*prefix, 'in_order')].shape[0], flat_l[(*prefix, 'out_order')].shape[0]
-    arrays, mask = make_layout(n_in, n_out, k, spec, flat_p[path].shape[2], seed)
+    arrays, mask = make_layout(n_in, n_out, k, spec, seed)
     if mask.shape != flat_p[path].shape:
       raise ValueError(f'{"/".join(path)}: layout {mask.shape} does not match the kernel {flat_p[path].shape}')
     masks[path] = mask
@@ -237,9 +252,9 @@ def make_masks_and_layout(params, layout, spec: conn.ConnectivitySpec, seed: int
   return traverse_util.unflatten_dict(masks), traverse_util.unflatten_dict(flat_l)
 
 
-def rescale_init(kernel_CxKxTxT: np.ndarray, mask_CxKxTxT: np.ndarray) -> np.ndarray:
+def rescale_init(kernel_CxKxIxO: np.ndarray, mask_CxKxIxO: np.ndarray) -> np.ndarray:
   """conn.rescale_init for a tiled kernel: each output's present weights scaled to its fan-in."""
-  c, k, t, _ = kernel_CxKxTxT.shape
-  as_2d = lambda a: np.asarray(a).transpose(1, 2, 0, 3).reshape(k * t, c * t)  # noqa: E731
-  scaled = conn.rescale_init(as_2d(kernel_CxKxTxT), as_2d(mask_CxKxTxT))
-  return scaled.reshape(k, t, c, t).transpose(2, 0, 1, 3)
+  c, k, t_in, t_out = kernel_CxKxIxO.shape
+  as_2d = lambda a: np.asarray(a).transpose(1, 2, 0, 3).reshape(k * t_in, c * t_out)  # noqa: E731
+  scaled = conn.rescale_init(as_2d(kernel_CxKxIxO), as_2d(mask_CxKxIxO))
+  return scaled.reshape(k, t_in, c, t_out).transpose(2, 0, 1, 3)

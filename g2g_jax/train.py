@@ -146,27 +146,54 @@ class _EpochSums:
     self.loss, self.correct, self.count, self.seconds = loss, correct, count, seconds
     self._pending = []
 
-  def add(self, metrics: dict, batch_size: int):
-    self._pending.append((metrics, batch_size))
+  def add(self, metrics: dict, num_steps: int):
+    """Metrics of `num_steps` consecutive steps: scalars, or arrays over steps (a scan)."""
+    self._pending.append((metrics, num_steps))
 
-  def sync(self, last_step: int, workdir: str, latest_checkpoint: int | None):
+  def sync(self, last_step: int, batch_size: int, workdir: str, latest_checkpoint: int | None):
     """Fetches pending metrics; a non-finite loss stops the run, naming its step."""
     fetched = jax.device_get([m for m, _ in self._pending])
-    first_step = last_step - len(fetched) + 1
-    for j, (m, (_, b)) in enumerate(zip(fetched, self._pending, strict=True)):
-      if not np.isfinite(m['loss']):
-        where = f'step {latest_checkpoint}' if latest_checkpoint is not None else 'none yet'
-        raise FloatingPointError(
-          f'non-finite training loss ({m["loss"]}) at step {first_step + j}; stopped. '
-          f'Last good checkpoint in {workdir}: {where}, left intact.'
-        )
-      self.loss += float(m['loss']) * b
-      self.correct += float(m['accuracy']) * b
-      self.count += b
+    losses = np.concatenate([np.atleast_1d(m['loss'])[:n] for m, (_, n) in zip(fetched, self._pending, strict=True)])
+    accs = np.concatenate([np.atleast_1d(m['accuracy'])[:n] for m, (_, n) in zip(fetched, self._pending, strict=True)])
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+      where = f'step {latest_checkpoint}' if latest_checkpoint is not None else 'none yet'
+      raise FloatingPointError(
+        f'non-finite training loss ({losses[bad[0]]}) at step {last_step - len(losses) + 1 + bad[0]}; stopped. '
+        f'Last good checkpoint in {workdir}: {where}, left intact.'
+      )
+    for loss, acc in zip(losses.tolist(), accs.tolist(), strict=True):  # step by step: resume-exact sums
+      self.loss += loss * batch_size
+      self.correct += acc * batch_size
+      self.count += batch_size
     self._pending = []
 
   def to_meta(self) -> dict:
     return {'loss': self.loss, 'correct': self.correct, 'count': self.count, 'seconds': self.seconds}
+
+
+def train_chunk(state, data, perm, first, num_steps, *, length, batch_size, batch_sharding, augment, crop_padding):
+  """Runs num_steps (<= length, traced) train steps in one jitted call, data on the device.
+
+  Step j trains on the examples perm[(first + j) * batch_size :][:batch_size] of the
+  device-resident `data`; steps past num_steps are skipped (lax.cond), so one
+  compilation serves chunks of every size. Returns the state and per-step metrics
+  [length] (entries past num_steps are 0).
+  """
+
+  def body(state, j):
+    def run(state):
+      idx = jax.lax.dynamic_slice(perm, ((first + j) * batch_size,), (batch_size,))
+      batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      return train_step(state, batch, augment=augment, crop_padding=crop_padding)
+
+    def skip(state):
+      return state, {'loss': jnp.zeros((), jnp.float32), 'accuracy': jnp.zeros((), jnp.float32)}
+
+    return jax.lax.cond(j < num_steps, run, skip, state)
+
+  return jax.lax.scan(body, state, jnp.arange(length))
 
 
 def _check_workdir_config(workdir: str, config_dict: dict):
@@ -283,6 +310,7 @@ class _Loop:
       end_steps=exp.rewiring.end_steps or self.total_steps,
       active_edges=rewiring.count_active(state.masks),
     )
+    self.loop = exp.loop if exp.loop != 'auto' else ('steps' if jax.default_backend() == 'cpu' else 'scan')
     self.checkpoints: ckpt_lib.Checkpointer | None = None
     self.writer: metrics_lib.MetricWriter | None = None
 
@@ -321,10 +349,7 @@ class _Loop:
       evals = [r for r in self.writer.records() if r.get('kind', 'eval') == 'eval']
       return evals[-1] if evals else {'step': step}
 
-    train_fn = jax.jit(
-      functools.partial(train_step, augment=exp.data.augment, crop_padding=exp.data.crop_padding),
-      donate_argnums=0,
-    )
+    run_chunk = self.make_chunk_runner()
     eval_fn = jax.jit(eval_step)
     rewire_key = jax.random.fold_in(state.key, _REWIRE_STREAM)
     rewire_fn = None
@@ -346,20 +371,26 @@ class _Loop:
       rewire_seconds = 0.0
       progress.start_epoch()
       t0 = time.perf_counter()
-      for i in range(first, spe):
-        batch = jax.device_put(self.batch_for(step + 1), self.batch_sharding)
-        state, m = train_fn(state, batch)
-        sums.add(m, exp.batch_size)
-        step += 1
-        halting = step == exp.halt_after_steps
-        if step % exp.log_every_steps == 0 or i == spe - 1 or halting:
-          sums.sync(step, self.workdir, self.checkpoints.latest_step())
-          done = (i + 1 - first) * exp.batch_size
-          progress.update(epoch + 1, i + 1, spe, sums.loss / sums.count, sums.correct / sums.count, done)
+      while step < (epoch + 1) * spe:
+        # A chunk runs up to the next event: a progress sync, a mask update, the halt
+        # step or the epoch's end.
+        events = [
+          exp.log_every_steps - step % exp.log_every_steps,
+          (epoch + 1) * spe - step,
+          self.rewire.every_steps - step % self.rewire.every_steps if self.rewire.enabled else spe,
+          exp.halt_after_steps - step if exp.halt_after_steps > step else spe,
+        ]
+        n = min(events)
+        state, metrics = run_chunk(state, epoch, step - epoch * spe, n)
+        sums.add(metrics, n)
+        step += n
+        sums.sync(step, exp.batch_size, self.workdir, self.checkpoints.latest_step())
+        done = (step - epoch * spe - first) * exp.batch_size
+        progress.update(epoch + 1, step - epoch * spe, spe, sums.loss / sums.count, sums.correct / sums.count, done)
         if self.rewire.due(step):
           state, seconds = self.update_masks(rewire_fn, state, step, jax.random.fold_in(rewire_key, step))
           rewire_seconds += seconds
-        if halting and i < spe - 1:
+        if step == exp.halt_after_steps and step < (epoch + 1) * spe:
           sums.seconds += time.perf_counter() - t0
           self.save(step, state, best, sums)
           progress.end_epoch()
@@ -415,6 +446,47 @@ class _Loop:
         logging.info('halted at step %d (config.halt_after_steps); rerun the command to resume', step)
         return {'step': step, 'halted': True}
     return record
+
+  def make_chunk_runner(self):
+    """run(state, epoch, position, n) -> (state, metrics of n steps), by the configured loop."""
+    exp = self.exp
+    if self.loop == 'steps':
+      train_fn = jax.jit(
+        functools.partial(train_step, augment=exp.data.augment, crop_padding=exp.data.crop_padding),
+        donate_argnums=0,
+      )
+
+      def run(state, epoch, position, n):
+        metrics = []
+        for i in range(n):
+          step = epoch * self.steps_per_epoch + position + i + 1
+          state, m = train_fn(state, jax.device_put(self.batch_for(step), self.batch_sharding))
+          metrics.append(m)
+        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+
+      return run
+
+    chunk_fn = jax.jit(
+      functools.partial(
+        train_chunk,
+        length=exp.log_every_steps,
+        batch_size=exp.batch_size,
+        batch_sharding=self.batch_sharding,
+        augment=exp.data.augment,
+        crop_padding=exp.data.crop_padding,
+      ),
+      donate_argnums=0,
+    )
+    data = jax.device_put({'image': self.dataset.train_images, 'label': self.dataset.train_labels}, self.replicated)
+    perms = {}
+
+    def run(state, epoch, position, n):
+      if epoch not in perms:  # the epoch's order: 4 bytes per example, sent once per epoch
+        perms.clear()
+        perms[epoch] = jax.device_put(self._permutation(epoch).astype(np.int32), self.replicated)
+      return chunk_fn(state, data, perms[epoch], position, n)
+
+    return run
 
   def rewire_summary(self) -> str:
     r = self.rewire

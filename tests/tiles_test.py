@@ -19,7 +19,7 @@ def spec(**kw):
 @pytest.mark.parametrize('n_in,n_out', [(32, 32), (32, 64)])
 def test_layout_is_regular_and_respects_groups(n_in, n_out):
   s = spec(p_inter=0.5)
-  layout, mask = tiles.make_layout(n_in, n_out, 1, s, 4, seed=3)
+  layout, mask = tiles.make_layout(n_in, n_out, 1, s, seed=3)
   idx, rev = layout['idx'], layout['rev']
   s_in, s_out = n_in // 16, n_out // 16  # tiles per group
   k_inter = round(0.5 * 3 * s_in)
@@ -36,20 +36,29 @@ def test_layout_is_regular_and_respects_groups(n_in, n_out):
     np.testing.assert_array_equal(idx.ravel()[rev[r]], r)
 
 
+def test_group_sized_tiles_for_a_widening_layer():
+  s = spec(num_groups=8, p_inter=0.15, tile_size=0)
+  plan = tiles.plan_layer(512, 4096, 0, s, 0)
+  assert (plan.tile_in, plan.tile_out, plan.num_intra, plan.num_slots) == (64, 512, 1, 2)  # round(0.15 * 7) = 1
+  layout, mask = tiles.make_layout(512, 4096, 0, s, 0)
+  assert mask.shape == (8, 2, 64, 512) and mask.mean() == 1.0
+  assert tiles.to_dense(mask, layout, 512, 4096).mean() == pytest.approx(2 / 8)
+
+
 def test_p_inter_zero_is_block_diagonal():
-  layout, mask = tiles.make_layout(32, 32, 0, spec(p_inter=0.0), 4, seed=0)
+  layout, mask = tiles.make_layout(32, 32, 0, spec(p_inter=0.0), seed=0)
   g = conn.contiguous_groups(32, 4)
   np.testing.assert_array_equal(tiles.to_dense(mask, layout, 32, 32), g[:, None] == g[None, :])
 
 
 def test_density_matches_the_bernoulli_layer_up_to_rounding():
   s = spec(num_groups=8, p_inter=0.15, tile_size=32, p_intra=0.5)
-  _, mask = tiles.make_layout(1024, 1024, 1, s, 32, seed=0)
+  _, mask = tiles.make_layout(1024, 1024, 1, s, seed=0)
   k_inter = mask.shape[1] - 4  # 4 tiles per input group of 128
   assert k_inter == round(0.15 * 7 * 4) == 4
   expected = (4 * 32 * 0.5 + k_inter * 32) / 1024  # p' rounds from 0.15 to 4 / 28 here
   assert mask.sum() / (1024 * 1024) == pytest.approx(expected, abs=0.002)
-  _, half = tiles.make_layout(1024, 1024, 1, spec(num_groups=8, p_inter=0.15, tile_size=32, tile_density=0.5), 32, 0)
+  _, half = tiles.make_layout(1024, 1024, 1, spec(num_groups=8, p_inter=0.15, tile_size=32, tile_density=0.5), 0)
   assert half.shape[1] - 4 == round(0.15 * 7 * 4 / 0.5) == 8  # twice the tiles at half density
   assert half[:, 4:].mean() == pytest.approx(0.5, abs=0.01)
 
@@ -58,7 +67,7 @@ def test_density_matches_the_bernoulli_layer_up_to_rounding():
 def test_tiled_layer_equals_masked_dense_layer(grouping):
   s = spec(grouping=grouping, p_intra=0.8, tile_density=0.7)
   sizes = [32, 64, 64]
-  plans = tuple(tiles.plan_layer(a, b, k, s, 4, 0) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)))
+  plans = tuple(tiles.plan_layer(a, b, k, s, 0) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)))
   tiled, dense = MLPHead((64, 64), 10, tile_plans=plans), MLPHead((64, 64), 10)
   x = jax.random.uniform(jax.random.PRNGKey(1), (5, 32))
   v = tiled.init(jax.random.PRNGKey(0), x)
@@ -85,14 +94,14 @@ def test_tiled_layer_equals_masked_dense_layer(grouping):
       g_from_tiles[present], np.asarray(gd[f'hidden_{k}']['kernel'])[present], rtol=1e-4, atol=1e-6
     )
   score = jax.random.uniform(jax.random.PRNGKey(2), (32, 64))
-  blocks = tiles.to_blocks(score, layout['hidden_0'], 4)
+  blocks = tiles.to_blocks(score, layout['hidden_0'], 4, 4)
   present0 = tiles.to_dense(np.ones(blocks.shape, bool), layout['hidden_0'], 32, 64)
   np.testing.assert_allclose(tiles.to_dense(blocks, layout['hidden_0'], 32, 64)[present0], np.asarray(score)[present0])
 
 
 def test_moving_tiles_changes_an_index_array_without_retrace():
   s = spec(p_inter=0.5)
-  plan = tiles.plan_layer(32, 32, 0, s, 4, 0)
+  plan = tiles.plan_layer(32, 32, 0, s, 0)
   model = MLPHead((32,), 3, tile_plans=(plan,))
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32))
   v = model.init(jax.random.PRNGKey(0), x)
@@ -104,7 +113,7 @@ def test_moving_tiles_changes_an_index_array_without_retrace():
     return model.apply({'params': params, 'layout': layout}, x)[0]
 
   apply(v['params'], layout, x)
-  moved, _ = tiles.make_layout(32, 32, 0, s, 4, seed=7)  # another draw of the inter tiles
+  moved, _ = tiles.make_layout(32, 32, 0, s, seed=7)  # another draw of the inter tiles
   assert not np.array_equal(moved['idx'], np.asarray(layout['hidden_0']['idx']))
   new_layout = {'hidden_0': {k: jnp.asarray(v_) for k, v_ in moved.items()}}
   out = apply(v['params'], new_layout, x)

@@ -165,3 +165,26 @@ def test_changed_config_refuses_the_old_workdir(smoke_config, tmp_path):
   smoke_config.connectivity.p_inter = 0.5
   with pytest.raises(train.ConfigError, match='connectivity.p_inter: 0.25 -> 0.5'):
     train.train_and_evaluate(smoke_config, str(tmp_path))
+
+
+def test_scanned_epochs_equal_the_step_by_step_loop(smoke_config, tmp_path):
+  smoke_config.data.augment = 'crop_flip'
+  smoke_config.log_every_steps = 3  # chunks of 3, cut short at epoch ends and updates
+  smoke_config.rewiring.prune = 'magnitude'
+  smoke_config.rewiring.grow = 'hebbian'
+  smoke_config.rewiring.rewire_every_steps = 5
+  finals, rows = {}, {}
+  for loop in ('steps', 'scan'):
+    smoke_config.loop = loop
+    train.train_and_evaluate(smoke_config, str(tmp_path / loop))
+    finals[loop] = final_state(smoke_config, str(tmp_path / loop))
+    rows[loop] = [
+      {k: v for k, v in r.items() if 'sec' not in k and 'share' not in k} for r in records(str(tmp_path / loop))
+    ]
+  chex.assert_trees_all_close(finals['steps'].params, finals['scan'].params, atol=1e-6, rtol=1e-6)
+  chex.assert_trees_all_equal(finals['steps'].masks, finals['scan'].masks)
+  assert [r['step'] for r in rows['scan'] if r['kind'] == 'rewire'] == [5, 10, 15]
+  for a, b in zip(rows['steps'], rows['scan'], strict=True):
+    assert a.keys() == b.keys()
+    for k in a:
+      assert a[k] == (pytest.approx(b[k], rel=1e-5, abs=1e-6) if isinstance(b[k], float) else b[k]), k
