@@ -115,19 +115,22 @@ def make_masks(params: Mapping[str, Any], spec: ConnectivitySpec, seed: int):
   return traverse_util.unflatten_dict(masks)
 
 
-def make_groups(params: Mapping[str, Any], spec: ConnectivitySpec, seed: int) -> tuple:
-  """(g_in, g_out) labels of each sparse layer under the spec's grouping, in depth order.
+def make_groups(params: Mapping[str, Any], spec: ConnectivitySpec, seed: int) -> dict | None:
+  """{'hidden_k': {'in': g_in, 'out': g_out}}: each sparse layer's labels under the grouping.
 
-  Empty when some width does not split into the spec's groups (a dense or ER model
-  of arbitrary width): there is then no grouping to count intra / inter edges against.
+  None when some width does not split into the spec's groups (a dense or ER model of
+  arbitrary width), or for tiled layers, which carry their groups in their layout.
   """
   flat = traverse_util.flatten_dict(params)
-  shapes = [flat[p].shape for p in sparse_layer_paths(params)]
-  if any(len(shape) != 2 for shape in shapes):  # tiled layers carry their groups in their layout
-    return ()
-  if any(n_in % spec.num_groups or n_out % spec.num_groups for n_in, n_out in shapes):
-    return ()
-  return tuple(layer_groups(n_in, n_out, k, spec, seed) for k, (n_in, n_out) in enumerate(shapes))
+  paths = sparse_layer_paths(params)
+  shapes = [flat[p].shape for p in paths]
+  if not paths or any(len(s) != 2 or s[0] % spec.num_groups or s[1] % spec.num_groups for s in shapes):
+    return None
+  groups = {}
+  for k, (path, (n_in, n_out)) in enumerate(zip(paths, shapes, strict=True)):
+    g_in, g_out = layer_groups(n_in, n_out, k, spec, seed)
+    groups[path[-2]] = {'in': g_in.astype(np.int32), 'out': g_out.astype(np.int32)}
+  return groups
 
 
 def rescale_init(kernel: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -56,6 +56,7 @@ class SyntheticSpec:
   channels: int = 1
   num_classes: int = 10
   noise: float = 0.5  # std of the per-example noise, in units of the pixel range
+  seed: int = 0  # the data's own seed: a dataset, not a run's randomness (config.seed leaves it alone)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,13 +269,13 @@ def _tfds_prepared(name: str, tfds_data_dir: str | None) -> bool:
 # Synthetic.
 
 
-def make_synthetic(spec: SyntheticSpec, seed: int):
+def make_synthetic(spec: SyntheticSpec):
   """Each class is a fixed coarse pattern (a random on/off 4x4 grid of blocks) plus noise.
 
   The blocks line up with a 4x4 patch grid, so the patch front end sees the class
   directly: a few dozen steps learn it, and a test can tell learning from chance.
   """
-  rng = np.random.default_rng([seed, 7])
+  rng = np.random.default_rng([spec.seed, 7])
   size, blocks = spec.image_size, 4
   coarse = rng.random((spec.num_classes, blocks, blocks, spec.channels)) < 0.5
   reps = -(-size // blocks)
@@ -299,7 +300,6 @@ def load_dataset(
   tfds_data_dir: str = '',
   download: bool = True,
   synthetic: SyntheticSpec = SyntheticSpec(),
-  seed: int = 0,
 ) -> Dataset:
   """Loads both splits of a dataset by name (see the module docstring for the order)."""
   if name == 'synthetic' or source == 'synthetic':
@@ -308,7 +308,7 @@ def load_dataset(
       synthetic = dataclasses.replace(
         synthetic, image_size=info.image_shape[0], channels=info.image_shape[2], num_classes=info.num_classes
       )
-    return Dataset(name, 'synthetic', *make_synthetic(synthetic, seed), num_classes=synthetic.num_classes)
+    return Dataset(name, 'synthetic', *make_synthetic(synthetic), num_classes=synthetic.num_classes)
 
   data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
   looked = []

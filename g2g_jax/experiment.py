@@ -61,6 +61,7 @@ class Experiment:
   halt_after_steps: int
   num_devices: int  # resolved: > 0
   progress: str
+  num_seeds: int  # independent replicas trained together, seeds seed .. seed + num_seeds - 1
   loop: str  # 'auto' | 'steps' | 'scan'
   data: DataSpec
   model: models.G2GNet
@@ -257,6 +258,7 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     num_devices=num_devices,
     progress=_choice(c, 'progress', PROGRESS),
     loop=_choice(c, 'loop', LOOPS),
+    num_seeds=_int(c, 'num_seeds', 1),
     data=data,
     model=model,
     connectivity=spec,

@@ -45,9 +45,6 @@ class RewireSpec:
   candidates: str = 'all'  # 'all' absent edges | 'same_kind': intra for intra, inter for inter
   hebbian_batches: int = 1  # the score averages over this many most recent training batches
   reset_optimizer_state: bool = True  # zero the optimizer moments of pruned and grown entries
-  # Per sparse layer, the (g_in, g_out) group labels; () where there is no grouping.
-  # Needed for 'same_kind' and for the intra / inter counts.
-  groups: tuple = ()
   # Per sparse layer, its number of active edges (constant: every update keeps it). It
   # bounds n statically, which makes selection fast; () falls back to the layer size.
   active_edges: tuple = ()
@@ -223,9 +220,9 @@ def update_masks(state, batch: dict, rng: jax.Array, *, cfg: RewireSpec) -> tupl
       layout = {name: layouts[(*path[:-1], name)] for name in ('idx', 'intra', 'in_order', 'out_order')}
       heb = None if heb is None else tiles.to_blocks(heb, layout, *kernel.shape[2:])
       same_group = jnp.broadcast_to(layout['intra'][:, :, None, None], mask.shape)
-    elif k < len(cfg.groups):
-      g_in, g_out = cfg.groups[k]
-      same_group = jnp.asarray(g_in)[:, None] == jnp.asarray(g_out)[None, :]
+    elif state.groups is not None:
+      groups = state.groups[path[-2]]
+      same_group = groups['in'][:, None] == groups['out'][None, :]
     else:
       same_group = None
     n = jnp.round(fraction * jnp.sum(mask)).astype(jnp.int32)

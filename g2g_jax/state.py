@@ -18,12 +18,15 @@ class TrainState(train_state.TrainState):
   last_grown: shaped like `masks`, the edges grown by the latest mask update (all
     False before any), for the turnover of the next one.
   layout: the index arrays of tiled layers: which input tiles each output tile reads.
+  groups: the group label of every neuron on both sides of each (untiled) sparse layer,
+    for DST's 'same_kind' growth and intra / inter counts; None without a grouping.
   """
 
   masks: Any
   key: jax.Array
   last_grown: Any
   layout: Any = None  # the 'layout' collection of tiled layers (tiles.py); None without any
+  groups: Any = None  # {'hidden_k': {'in': g_in, 'out': g_out}} group labels of untiled sparse layers
 
   def variables(self, params=None) -> dict:
     """What apply_fn takes: the params (these or the state's) and the layout, if any."""

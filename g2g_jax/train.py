@@ -86,6 +86,7 @@ def make_train_state(
     key=k_run,
     last_grown=jax.tree.map(lambda m: None if m is None else jnp.zeros_like(m), masks, is_leaf=lambda x: x is None),
     layout=layout,
+    groups=jax.tree.map(jnp.asarray, conn.make_groups(params, exp.connectivity, exp.seed)),
   )
 
 
@@ -119,7 +120,10 @@ def eval_step(state: TrainState, batch: dict):
 
 
 def evaluate(eval_fn, state, images, labels, batch_size: int, sharding) -> dict:
-  """Loss and accuracy over a whole split; the last batch is padded with weight 0."""
+  """Loss and accuracy over a whole split; the last batch is padded with weight 0.
+
+  With a vmapped eval_fn (seed-stacked states) the results are arrays over seeds.
+  """
   n = len(images)
   sums = []
   for start in range(0, n, batch_size):
@@ -131,7 +135,7 @@ def evaluate(eval_fn, state, images, labels, batch_size: int, sharding) -> dict:
       y = np.concatenate([y, np.zeros(pad, y.dtype)])
     batch = jax.device_put({'image': x, 'label': y, 'weight': weight}, sharding)
     sums.append(eval_fn(state, batch))
-  total = jax.tree.map(lambda *v: float(np.sum(v)), *jax.device_get(sums))
+  total = jax.tree.map(lambda *v: np.sum(np.stack(v).astype(np.float64), axis=0), *jax.device_get(sums))
   return {'loss': total['loss'] / total['count'], 'accuracy': total['correct'] / total['count']}
 
 
@@ -140,36 +144,40 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 class _EpochSums:
-  """Running sums of the current epoch's training metrics, synced every few steps."""
+  """Running sums of the current epoch's training metrics per seed, synced every few steps."""
 
-  def __init__(self, loss=0.0, correct=0.0, count=0, seconds=0.0):
-    self.loss, self.correct, self.count, self.seconds = loss, correct, count, seconds
+  def __init__(self, num_seeds: int, loss=None, correct=None, count=0, seconds=0.0):
+    self.loss = np.zeros(num_seeds) if loss is None else np.asarray(loss, np.float64)
+    self.correct = np.zeros(num_seeds) if correct is None else np.asarray(correct, np.float64)
+    self.count, self.seconds = count, seconds
     self._pending = []
 
-  def add(self, metrics: dict, num_steps: int):
-    """Metrics of `num_steps` consecutive steps: scalars, or arrays over steps (a scan)."""
-    self._pending.append((metrics, num_steps))
+  def add(self, metrics: dict):
+    """Metrics of consecutive steps, each value [num_steps, num_seeds] (device arrays)."""
+    self._pending.append(metrics)
 
   def sync(self, last_step: int, batch_size: int, workdir: str, latest_checkpoint: int | None):
-    """Fetches pending metrics; a non-finite loss stops the run, naming its step."""
-    fetched = jax.device_get([m for m, _ in self._pending])
-    losses = np.concatenate([np.atleast_1d(m['loss'])[:n] for m, (_, n) in zip(fetched, self._pending, strict=True)])
-    accs = np.concatenate([np.atleast_1d(m['accuracy'])[:n] for m, (_, n) in zip(fetched, self._pending, strict=True)])
-    bad = np.flatnonzero(~np.isfinite(losses))
+    """Fetches pending metrics; a non-finite loss stops the run, naming its step (and seed)."""
+    fetched = jax.device_get(self._pending)
+    losses = np.concatenate([m['loss'] for m in fetched])  # [steps, seeds]
+    accs = np.concatenate([m['accuracy'] for m in fetched])
+    bad = np.argwhere(~np.isfinite(losses))
     if bad.size:
+      j, k = bad[0]
+      seed = f' (replica {k})' if losses.shape[1] > 1 else ''
       where = f'step {latest_checkpoint}' if latest_checkpoint is not None else 'none yet'
       raise FloatingPointError(
-        f'non-finite training loss ({losses[bad[0]]}) at step {last_step - len(losses) + 1 + bad[0]}; stopped. '
+        f'non-finite training loss ({losses[j, k]}) at step {last_step - len(losses) + 1 + j}{seed}; stopped. '
         f'Last good checkpoint in {workdir}: {where}, left intact.'
       )
-    for loss, acc in zip(losses.tolist(), accs.tolist(), strict=True):  # step by step: resume-exact sums
-      self.loss += loss * batch_size
-      self.correct += acc * batch_size
+    for loss, acc in zip(losses, accs, strict=True):  # step by step: resume-exact sums
+      self.loss += loss.astype(np.float64) * batch_size
+      self.correct += acc.astype(np.float64) * batch_size
       self.count += batch_size
     self._pending = []
 
   def to_meta(self) -> dict:
-    return {'loss': self.loss, 'correct': self.correct, 'count': self.count, 'seconds': self.seconds}
+    return {'loss': self.loss.tolist(), 'correct': self.correct.tolist(), 'count': self.count, 'seconds': self.seconds}
 
 
 def train_chunk(state, data, perm, first, num_steps, *, length, batch_size, batch_sharding, augment, crop_padding):
@@ -248,6 +256,26 @@ def _log_setup(exp: Experiment, dataset: data_lib.Dataset, acct: dict, mesh: Mes
   logging.info('%d steps per epoch of %d examples, %d epochs', steps_per_epoch, exp.batch_size, exp.num_epochs)
 
 
+def make_train_states(config, *, num_train_examples: int | None = None) -> TrainState:
+  """config.num_seeds independent train states (seeds seed, seed + 1, ...) stacked on axis 0.
+
+  Replica k is make_train_state for seed config.seed + k: its own weights, masks, groups
+  and keys. The loop vmaps the steps over this axis.
+  """
+  exp = _experiment(config)
+  states = [
+    make_train_state(dataclasses.replace(exp, seed=exp.seed + k), num_train_examples=num_train_examples)
+    for k in range(exp.num_seeds)
+  ]
+  leaves = [jax.tree.leaves(st) for st in states]
+  return jax.tree.unflatten(jax.tree.structure(states[0]), [jnp.stack(xs) for xs in zip(*leaves, strict=True)])
+
+
+def replica(states: TrainState, k: int) -> TrainState:
+  """Replica k of seed-stacked train states."""
+  return jax.tree.map(lambda x: x[k], states)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates as the config says; resumes from the workdir's checkpoint.
 
@@ -267,16 +295,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tfds_data_dir=exp.data.tfds_data_dir,
     download=exp.data.download,
     synthetic=exp.data.synthetic,
-    seed=exp.seed,
   )
   n_train = len(dataset.train_images)
   if n_train < exp.batch_size:
     raise ConfigError(f'config.batch_size = {exp.batch_size}: must be <= the training set size ({n_train})')
 
-  state = make_train_state(exp, num_train_examples=n_train)
-  acct = conn.accounting(state.params, state.masks, exp.num_patches, state.layout)
-  loop = _Loop(exp, workdir, dataset, mesh, state)
-  _log_setup(exp, dataset, acct, mesh, loop.steps_per_epoch)
+  states = make_train_states(exp, num_train_examples=n_train)
+  accts = [
+    conn.accounting(st.params, st.masks, exp.num_patches, st.layout)
+    for st in (replica(states, k) for k in range(exp.num_seeds))
+  ]
+  loop = _Loop(exp, workdir, dataset, mesh, states)
+  _log_setup(exp, dataset, accts[0], mesh, loop.steps_per_epoch)
 
   os.makedirs(workdir, exist_ok=True)
   if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
@@ -285,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   loop.checkpoints = ckpt_lib.Checkpointer(workdir)
   loop.writer = metrics_lib.MetricWriter(workdir)
   try:
-    return loop.run(state, acct)
+    return loop.run(states, accts)
   finally:
     loop.writer.close()
     loop.checkpoints.close()
@@ -294,80 +324,136 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 _REWIRE_STREAM = 1
 
 
-class _Loop:
-  """The training loop's fixed context: data, schedule, jitted functions, writers."""
+def _per_seed(name: str, values) -> dict:
+  """A metric of every seed: the value itself for one seed; else mean, std and the list."""
+  values = np.asarray(values, np.float64)
+  if values.size == 1:
+    return {name: float(values[0])}
+  return {name: float(values.mean()), f'{name}_std': float(values.std(ddof=1)), f'{name}_per_seed': values.tolist()}
 
-  def __init__(self, exp: Experiment, workdir: str, dataset: data_lib.Dataset, mesh: Mesh, state: TrainState):
+
+class _Loop:
+  """The training loop's fixed context: data, schedule, jitted functions, writers.
+
+  The train state carries a leading seed axis (config.num_seeds replicas); every step,
+  evaluation and mask update is vmapped over it.
+  """
+
+  def __init__(self, exp: Experiment, workdir: str, dataset: data_lib.Dataset, mesh: Mesh, states: TrainState):
     self.exp, self.workdir, self.dataset = exp, workdir, dataset
+    self.num_seeds = exp.num_seeds
     self.replicated = NamedSharding(mesh, P())
-    self.batch_sharding = NamedSharding(mesh, P('data'))
-    self.stacked_sharding = NamedSharding(mesh, P(None, 'data'))
+    self.batch_sharding = NamedSharding(mesh, P('data'))  # one replica's batch (inside vmap)
+    self.seeds_batch_sharding = NamedSharding(mesh, P(None, 'data'))
+    self.rewire_batch_sharding = NamedSharding(mesh, P(None, None, 'data'))
     self.steps_per_epoch = len(dataset.train_images) // exp.batch_size
     self.total_steps = self.steps_per_epoch * exp.num_epochs
+    active = [rewiring.count_active(replica(states, k).masks) for k in range(exp.num_seeds)]
     self.rewire = dataclasses.replace(
       exp.rewiring,
-      groups=conn.make_groups(state.params, exp.connectivity, exp.seed),
       end_steps=exp.rewiring.end_steps or self.total_steps,
-      active_edges=rewiring.count_active(state.masks),
+      active_edges=tuple(max(a) for a in zip(*active, strict=True)),  # a static bound for every seed
     )
     self.loop = exp.loop if exp.loop != 'auto' else ('steps' if jax.default_backend() == 'cpu' else 'scan')
     self.checkpoints: ckpt_lib.Checkpointer | None = None
     self.writer: metrics_lib.MetricWriter | None = None
 
   @functools.lru_cache(maxsize=2)  # noqa: B019 (one loop per run; holds two epochs' orders)
-  def _permutation(self, epoch: int) -> np.ndarray:
-    return epoch_permutation(self.exp.seed, epoch, len(self.dataset.train_images))
+  def _permutations(self, epoch: int) -> np.ndarray:
+    """[seeds, examples]: each replica's order of the training set in this epoch."""
+    n = len(self.dataset.train_images)
+    return np.stack([epoch_permutation(self.exp.seed + k, epoch, n) for k in range(self.num_seeds)])
 
   def batch_for(self, step: int) -> dict:
-    """The host batch that optimizer step `step` (1-based) trains on."""
+    """The host batches [seeds, batch, ...] that optimizer step `step` (1-based) trains on."""
     epoch, i = divmod(step - 1, self.steps_per_epoch)
-    idx = self._permutation(epoch)[i * self.exp.batch_size : (i + 1) * self.exp.batch_size]
+    idx = self._permutations(epoch)[:, i * self.exp.batch_size : (i + 1) * self.exp.batch_size]
     return {'image': self.dataset.train_images[idx], 'label': self.dataset.train_labels[idx]}
 
   def rewire_batches(self, step: int) -> dict:
-    """The latest hebbian_batches training batches, stacked on a leading axis."""
+    """The latest hebbian_batches training batches: [seeds, k, batch, ...]."""
     steps = range(max(step - self.rewire.hebbian_batches, 0) + 1, step + 1)
     batches = [self.batch_for(s) for s in steps]
-    stacked = jax.tree.map(lambda *xs: np.stack(xs), *batches)
-    return jax.device_put(stacked, self.stacked_sharding)
+    stacked = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)
+    return jax.device_put(stacked, self.rewire_batch_sharding)
 
-  def save(self, step, state, best, sums):
-    self.checkpoints.save(step, state, {'best_test_accuracy': best, 'epoch_sums': sums.to_meta()})
+  def save(self, step, states, best, sums):
+    self.checkpoints.save(step, states, {'best_test_accuracy': list(best), 'epoch_sums': sums.to_meta()})
 
-  def run(self, state: TrainState, acct: dict) -> dict:
-    exp, spe = self.exp, self.steps_per_epoch
-    state = jax.device_put(state, self.replicated)
-    meta = {'best_test_accuracy': 0.0, 'epoch_sums': _EpochSums().to_meta()}
-    restored = self.checkpoints.restore(state)
+  def make_chunk_runner(self):
+    """run(states, epoch, position, n) -> (states, metrics [n, seeds]), by the configured loop."""
+    exp = self.exp
+    step_fn = functools.partial(train_step, augment=exp.data.augment, crop_padding=exp.data.crop_padding)
+    if self.loop == 'steps':
+      train_fn = jax.jit(jax.vmap(step_fn), donate_argnums=0)
+
+      def run(states, epoch, position, n):
+        metrics = []
+        for i in range(n):
+          step = epoch * self.steps_per_epoch + position + i + 1
+          states, m = train_fn(states, jax.device_put(self.batch_for(step), self.seeds_batch_sharding))
+          metrics.append(m)
+        return states, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+
+      return run
+
+    chunk = functools.partial(
+      train_chunk,
+      length=exp.log_every_steps,
+      batch_size=exp.batch_size,
+      batch_sharding=self.batch_sharding,
+      augment=exp.data.augment,
+      crop_padding=exp.data.crop_padding,
+    )
+    chunk_fn = jax.jit(jax.vmap(chunk, in_axes=(0, None, 0, None, None)), donate_argnums=0)
+    data = jax.device_put({'image': self.dataset.train_images, 'label': self.dataset.train_labels}, self.replicated)
+    perms = {}
+
+    def run(states, epoch, position, n):
+      if epoch not in perms:  # the epoch's orders: 4 bytes per example and seed, sent once per epoch
+        perms.clear()
+        perms[epoch] = jax.device_put(self._permutations(epoch).astype(np.int32), self.replicated)
+      states, metrics = chunk_fn(states, data, perms[epoch], position, n)
+      return states, jax.tree.map(lambda x: x.T[:n], metrics)  # [seeds, length] -> [n, seeds]
+
+    return run
+
+  def run(self, states: TrainState, accts: list[dict]) -> dict:
+    exp, spe, seeds = self.exp, self.steps_per_epoch, self.num_seeds
+    states = jax.device_put(states, self.replicated)
+    meta = {'best_test_accuracy': [0.0] * seeds, 'epoch_sums': _EpochSums(seeds).to_meta()}
+    restored = self.checkpoints.restore(states)
     if restored is not None:
-      state, meta = restored
-      self.writer.truncate_after(int(state.step))
-      logging.info('resumed from the checkpoint at step %d in %s', int(state.step), self.checkpoints.directory)
-    step = int(state.step)
+      states, meta = restored
+      self.writer.truncate_after(int(states.step[0]))
+      logging.info('resumed from the checkpoint at step %d in %s', int(states.step[0]), self.checkpoints.directory)
+    step = int(states.step[0])
     if step >= self.total_steps:
       logging.info('run already finished (step %d of %d): nothing to train', step, self.total_steps)
       evals = [r for r in self.writer.records() if r.get('kind', 'eval') == 'eval']
       return evals[-1] if evals else {'step': step}
 
     run_chunk = self.make_chunk_runner()
-    eval_fn = jax.jit(eval_step)
-    rewire_key = jax.random.fold_in(state.key, _REWIRE_STREAM)
+    eval_fn = jax.jit(jax.vmap(eval_step, in_axes=(0, None)))
+    rewire_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(states.key, _REWIRE_STREAM)
+    step_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
     rewire_fn = None
     if self.rewire.enabled:  # compiled ahead, so the updates' time share is their run time
       t0 = time.perf_counter()
+      update = jax.vmap(functools.partial(rewiring.update_masks, cfg=self.rewire))
       rewire_fn = (
-        jax.jit(functools.partial(rewiring.update_masks, cfg=self.rewire), donate_argnums=0)
-        .lower(state, self.rewire_batches(max(step, self.rewire.hebbian_batches)), rewire_key)
+        jax.jit(update, donate_argnums=0)
+        .lower(states, self.rewire_batches(max(step, self.rewire.hebbian_batches)), rewire_keys)
         .compile()
       )
       logging.info('rewiring: %s; update_masks compiled in %.2fs', self.rewire_summary(), time.perf_counter() - t0)
     progress = metrics_lib.Progress(exp.progress)
-    best = meta['best_test_accuracy']
+    best = np.asarray(meta['best_test_accuracy'], np.float64)
     record = {}
 
     for epoch in range(step // spe, exp.num_epochs):
       first = step - epoch * spe
-      sums = _EpochSums(**meta['epoch_sums']) if first > 0 else _EpochSums()
+      sums = _EpochSums(seeds, **meta['epoch_sums']) if first > 0 else _EpochSums(seeds)
       rewire_seconds = 0.0
       progress.start_epoch()
       t0 = time.perf_counter()
@@ -381,18 +467,19 @@ class _Loop:
           exp.halt_after_steps - step if exp.halt_after_steps > step else spe,
         ]
         n = min(events)
-        state, metrics = run_chunk(state, epoch, step - epoch * spe, n)
-        sums.add(metrics, n)
+        states, metrics = run_chunk(states, epoch, step - epoch * spe, n)
+        sums.add(metrics)
         step += n
         sums.sync(step, exp.batch_size, self.workdir, self.checkpoints.latest_step())
-        done = (step - epoch * spe - first) * exp.batch_size
-        progress.update(epoch + 1, step - epoch * spe, spe, sums.loss / sums.count, sums.correct / sums.count, done)
+        done = (step - epoch * spe - first) * exp.batch_size * seeds
+        loss, acc = float(np.mean(sums.loss)) / sums.count, float(np.mean(sums.correct)) / sums.count
+        progress.update(epoch + 1, step - epoch * spe, spe, loss, acc, done)
         if self.rewire.due(step):
-          state, seconds = self.update_masks(rewire_fn, state, step, jax.random.fold_in(rewire_key, step))
+          states, seconds = self.update_masks(rewire_fn, states, step, step_keys(rewire_keys, step))
           rewire_seconds += seconds
         if step == exp.halt_after_steps and step < (epoch + 1) * spe:
           sums.seconds += time.perf_counter() - t0
-          self.save(step, state, best, sums)
+          self.save(step, states, best, sums)
           progress.end_epoch()
           logging.info('halted at step %d (config.halt_after_steps); rerun the command to resume', step)
           return {'step': step, 'halted': True}
@@ -403,90 +490,53 @@ class _Loop:
       if (epoch + 1) % exp.eval_every_epochs == 0 or last_epoch:
         test = evaluate(
           eval_fn,
-          state,
+          states,
           self.dataset.test_images,
           self.dataset.test_labels,
           exp.eval_batch_size,
           self.batch_sharding,
         )
-        best = max(best, test['accuracy'])
+        best = np.maximum(best, test['accuracy'])
         record = {
           'kind': 'eval',
           'step': step,
           'epoch': epoch + 1,
-          'train_loss': sums.loss / sums.count,
-          'train_accuracy': sums.correct / sums.count,
-          'test_loss': test['loss'],
-          'test_accuracy': test['accuracy'],
-          'best_test_accuracy': best,
-          'sparsity': acct['sparsity'],
-          'head_params': acct['head_params'],
+          **_per_seed('train_loss', sums.loss / sums.count),
+          **_per_seed('train_accuracy', sums.correct / sums.count),
+          **_per_seed('test_loss', test['loss']),
+          **_per_seed('test_accuracy', test['accuracy']),
+          **_per_seed('best_test_accuracy', best),
+          'sparsity': float(np.mean([a['sparsity'] for a in accts])),
+          'head_params': int(round(np.mean([a['head_params'] for a in accts]))),
           'learning_rate': float(optim.make_schedule(exp.optim, self.total_steps)(step)),
-          'examples_per_sec': sums.count / max(sums.seconds - rewire_seconds, 1e-9),
+          # Throughput over all replicas: examples trained on per second of training.
+          'examples_per_sec': sums.count * seeds / max(sums.seconds - rewire_seconds, 1e-9),
           'epoch_seconds': sums.seconds,
         }
+        if seeds > 1:
+          record['num_seeds'] = seeds
         if self.rewire.enabled:
           record['rewire_seconds'] = rewire_seconds
           record['rewire_time_share'] = rewire_seconds / max(sums.seconds, 1e-9)
         self.writer.write(record)
         logging.info(
-          'epoch %d step %d: train loss %.4f acc %.4f | test loss %.4f acc %.4f (best %.4f) | %.0f ex/s',
+          'epoch %d step %d: train loss %.4f acc %.4f | test loss %.4f acc %.4f (best %.4f) | %.0f ex/s%s',
           epoch + 1,
           step,
           record['train_loss'],
           record['train_accuracy'],
           record['test_loss'],
           record['test_accuracy'],
-          best,
+          record['best_test_accuracy'],
           record['examples_per_sec'],
+          f' | mean of {seeds} seeds, test acc std {record["test_accuracy_std"]:.4f}' if seeds > 1 else '',
         )
       if (epoch + 1) % exp.checkpoint_every_epochs == 0 or last_epoch or step == exp.halt_after_steps:
-        self.save(step, state, best, _EpochSums())
+        self.save(step, states, best, _EpochSums(seeds))
       if step == exp.halt_after_steps and not last_epoch:
         logging.info('halted at step %d (config.halt_after_steps); rerun the command to resume', step)
         return {'step': step, 'halted': True}
     return record
-
-  def make_chunk_runner(self):
-    """run(state, epoch, position, n) -> (state, metrics of n steps), by the configured loop."""
-    exp = self.exp
-    if self.loop == 'steps':
-      train_fn = jax.jit(
-        functools.partial(train_step, augment=exp.data.augment, crop_padding=exp.data.crop_padding),
-        donate_argnums=0,
-      )
-
-      def run(state, epoch, position, n):
-        metrics = []
-        for i in range(n):
-          step = epoch * self.steps_per_epoch + position + i + 1
-          state, m = train_fn(state, jax.device_put(self.batch_for(step), self.batch_sharding))
-          metrics.append(m)
-        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
-
-      return run
-
-    chunk_fn = jax.jit(
-      functools.partial(
-        train_chunk,
-        length=exp.log_every_steps,
-        batch_size=exp.batch_size,
-        batch_sharding=self.batch_sharding,
-        augment=exp.data.augment,
-        crop_padding=exp.data.crop_padding,
-      ),
-      donate_argnums=0,
-    )
-    data = jax.device_put({'image': self.dataset.train_images, 'label': self.dataset.train_labels}, self.replicated)
-    perms = {}
-
-    def run(state, epoch, position, n):
-      if epoch not in perms:  # the epoch's order: 4 bytes per example, sent once per epoch
-        perms.clear()
-        perms[epoch] = jax.device_put(self._permutation(epoch).astype(np.int32), self.replicated)
-      return chunk_fn(state, data, perms[epoch], position, n)
-
-    return run
 
   def rewire_summary(self) -> str:
     r = self.rewire
@@ -496,24 +546,34 @@ class _Loop:
       f'scores over {r.hebbian_batches} batch(es), reset optimizer state: {r.reset_optimizer_state}'
     )
 
-  def update_masks(self, rewire_fn, state, step: int, rng) -> tuple[TrainState, float]:
-    """Runs one mask update, logs it, and returns the state and its wall time."""
-    jax.block_until_ready(state)  # time the update alone, not the steps queued before it
+  def update_masks(self, rewire_fn, states, step: int, rngs) -> tuple[TrainState, float]:
+    """Runs one mask update (every replica), logs it, and returns the states and its wall time."""
+    jax.block_until_ready(states)  # time the update alone, not the steps queued before it
     t0 = time.perf_counter()
-    state, info = rewire_fn(state, self.rewire_batches(step), rng)
+    states, info = rewire_fn(states, self.rewire_batches(step), rngs)
     info = jax.device_get(info)
     seconds = time.perf_counter() - t0
     record = {'kind': 'rewire', 'step': step, 'seconds': seconds}
     parts = []
     for layer, values in info.items():
-      turnover = float(values['turnover'])
-      values = {k: (None if k == 'turnover' and turnover < 0 else v) for k, v in values.items()}
-      record.update({f'{layer}/{k}': v for k, v in values.items()})
-      groups = f' intra {values["intra"]} inter {values["inter"]}' if 'intra' in values else ''
+      summary = {}
+      for key, value in values.items():
+        value = np.asarray(value, np.float64)
+        if key == 'turnover':
+          value = np.where(value < 0, np.nan, value)
+        per_seed = [
+          None if np.isnan(v) else (int(v) if key != 'turnover' and key != 'pruned_mean_abs_weight' else v)
+          for v in value.tolist()
+        ]
+        record[f'{layer}/{key}'] = per_seed[0] if self.num_seeds == 1 else per_seed
+        summary[key] = None if np.all(np.isnan(value)) else float(np.nanmean(value))
+      groups = f' intra {summary["intra"]:.0f} inter {summary["inter"]:.0f}' if 'intra' in summary else ''
       parts.append(
-        f'{layer}: -{values["pruned"]} +{values["grown"]}{groups} |w|pruned {values["pruned_mean_abs_weight"]:.4f}'
-        + (f' turnover {turnover:.3f}' if turnover >= 0 else '')
+        f'{layer}: -{summary["pruned"]:.0f} +{summary["grown"]:.0f}{groups} '
+        f'|w|pruned {summary["pruned_mean_abs_weight"]:.4f}'
+        + (f' turnover {summary["turnover"]:.3f}' if summary['turnover'] is not None else '')
       )
     self.writer.write(record)
-    logging.info('rewire at step %d (%.3fs): %s', step, seconds, '; '.join(parts))
-    return state, seconds
+    mean = f' (mean of {self.num_seeds} seeds)' if self.num_seeds > 1 else ''
+    logging.info('rewire at step %d (%.3fs)%s: %s', step, seconds, mean, '; '.join(parts))
+    return states, seconds

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from train_test import final_state, records, synthetic_batches
 
-from g2g_jax import connectivity as conn
 from g2g_jax import rewiring, train
 from g2g_jax.experiment import ConfigError, parse_config
 
@@ -166,10 +165,8 @@ def stacked(config, k=2):
   return jax.tree.map(lambda *xs: np.stack(xs), *synthetic_batches(config, k))
 
 
-def rewire_spec(config, state, **kw):
-  exp = parse_config(config, 4)
-  groups = conn.make_groups(state.params, exp.connectivity, exp.seed)
-  spec = rewiring.RewireSpec(end_steps=100, groups=groups, active_edges=rewiring.count_active(state.masks))
+def rewire_spec(state, **kw):
+  spec = rewiring.RewireSpec(end_steps=100, active_edges=rewiring.count_active(state.masks))
   return dataclasses.replace(spec, **kw)
 
 
@@ -179,7 +176,7 @@ def test_update_invariants_for_every_prune_and_grow_pair(smoke_config, candidate
   before = jax.device_get(state)
   adam = lambda s: s.opt_state[1]  # noqa: E731  (add_decayed_weights, scale_by_adam, lr)
   for prune, grow in itertools.product(rewiring.PRUNE[1:], rewiring.GROW[1:]):
-    cfg = rewire_spec(smoke_config, state, prune=prune, grow=grow, fraction=0.25, candidates=candidates)
+    cfg = rewire_spec(state, prune=prune, grow=grow, fraction=0.25, candidates=candidates)
     update = jax.jit(functools.partial(rewiring.update_masks, cfg=cfg))
     new, info = jax.device_get(update(state, stacked(smoke_config), jax.random.PRNGKey(1)))
     for k in range(3):
@@ -200,7 +197,7 @@ def test_update_invariants_for_every_prune_and_grow_pair(smoke_config, candidate
         assert np.all(mo1[changed] == 0), where  # reset exactly where the mask changed
         np.testing.assert_array_equal(mo1[~changed], mo0[~changed])  # untouched elsewhere
         assert np.any(mo0[changed & m0] != 0)  # (there was something to reset)
-      same = same_group(cfg, k)
+      same = same_group(before, k)
       assert int(info[name]['intra']) == (m1 & same).sum() and int(info[name]['inter']) == (m1 & ~same).sum()
       if candidates == 'same_kind':
         assert (m1 & same).sum() == (m0 & same).sum(), where  # the intra / inter budget is kept
@@ -215,14 +212,14 @@ def test_update_invariants_for_every_prune_and_grow_pair(smoke_config, candidate
     assert new.masks['head']['output']['kernel'] is None
 
 
-def same_group(cfg, k):
-  g_in, g_out = cfg.groups[k]
-  return g_in[:, None] == g_out[None, :]
+def same_group(state, k):
+  groups = state.groups[f'hidden_{k}']
+  return np.asarray(groups['in'])[:, None] == np.asarray(groups['out'])[None, :]
 
 
 def test_no_retrace_across_updates_and_train_steps(smoke_config):
   state = trained_state(smoke_config, steps=1)
-  cfg = rewire_spec(smoke_config, state, prune='hebbian', grow='gradient', fraction_schedule='cosine', end_steps=8)
+  cfg = rewire_spec(state, prune='hebbian', grow='gradient', fraction_schedule='cosine', end_steps=8)
 
   @jax.jit
   @chex.assert_max_traces(n=1)

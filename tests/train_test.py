@@ -13,12 +13,17 @@ from g2g_jax import data as data_lib
 from g2g_jax import train
 
 
-def final_state(config, workdir):
-  """The state saved by the last checkpoint of a run."""
+def final_states(config, workdir):
+  """The seed-stacked states saved by the last checkpoint of a run."""
   ckpt = ckpt_lib.Checkpointer(workdir)
-  state, _ = ckpt.restore(train.make_train_state(config))
+  states, _ = ckpt.restore(train.make_train_states(config))
   ckpt.close()
-  return state
+  return states
+
+
+def final_state(config, workdir, k=0):
+  """Replica k of the states saved by the last checkpoint of a run."""
+  return train.replica(final_states(config, workdir), k)
 
 
 def records(workdir):
@@ -188,3 +193,33 @@ def test_scanned_epochs_equal_the_step_by_step_loop(smoke_config, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
       assert a[k] == (pytest.approx(b[k], rel=1e-5, abs=1e-6) if isinstance(b[k], float) else b[k]), k
+
+
+def test_seed_replicas_equal_single_runs(smoke_config, tmp_path):
+  smoke_config.data.augment = 'crop_flip'
+  # Random criteria: masks depend on the keys alone, not on the last float bits that a
+  # vmapped program may compute differently, so they must match exactly.
+  smoke_config.rewiring.prune = 'random'
+  smoke_config.rewiring.grow = 'random'
+  smoke_config.rewiring.rewire_every_steps = 6
+  smoke_config.connectivity.grouping = 'random'  # groups, masks, shuffles all differ by seed
+  smoke_config.num_seeds = 2
+  together = train.train_and_evaluate(smoke_config, str(tmp_path / 'together'))
+  stacked = final_states(smoke_config, str(tmp_path / 'together'))
+  smoke_config.num_seeds = 1
+  for k in (0, 1):
+    smoke_config.seed = k
+    alone = train.train_and_evaluate(smoke_config, str(tmp_path / f'seed{k}'))
+    single = final_state(smoke_config, str(tmp_path / f'seed{k}'))
+    replica = train.replica(stacked, k)
+    chex.assert_trees_all_equal(replica.masks, single.masks)
+    chex.assert_trees_all_close(replica.params, single.params, atol=1e-5, rtol=1e-5)
+    assert together['test_accuracy_per_seed'][k] == pytest.approx(alone['test_accuracy'], abs=1e-6)
+  assert not np.array_equal(
+    train.replica(stacked, 0).masks['head']['hidden_0']['kernel'],
+    train.replica(stacked, 1).masks['head']['hidden_0']['kernel'],
+  )
+  assert together['num_seeds'] == 2 and together['test_accuracy'] == pytest.approx(
+    np.mean(together['test_accuracy_per_seed'])
+  )
+  assert together['test_accuracy_std'] == pytest.approx(np.std(together['test_accuracy_per_seed'], ddof=1))

@@ -1,0 +1,29 @@
+"""One line per run folder: accuracy, training seconds (epochs 2+ and all), examples/s.
+
+  python experiments/bench/summarize_runs.py OUT_DIR
+"""
+
+import json
+import os
+import sys
+
+
+def main(out_dir):
+  print(f'{"run":<18} {"epochs":>6} {"seeds":>5} {"final":>7} {"best":>7} {"train s":>8} {"ex/s (ep 2+)":>13}')
+  for name in sorted(os.listdir(out_dir)):
+    path = os.path.join(out_dir, name, 'metrics.jsonl')
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      evals = [r for r in map(json.loads, f) if r.get('kind', 'eval') == 'eval']
+    last = evals[-1]
+    later = evals[1:] or evals  # epoch 1 includes compilation
+    rate = sum(r['examples_per_sec'] * r['epoch_seconds'] for r in later) / sum(r['epoch_seconds'] for r in later)
+    print(
+      f'{name:<18} {last["epoch"]:6d} {last.get("num_seeds", 1):5d} {last["test_accuracy"]:7.4f} '
+      f'{last["best_test_accuracy"]:7.4f} {sum(r["epoch_seconds"] for r in evals):8.1f} {rate:13.0f}'
+    )
+
+
+if __name__ == '__main__':
+  main(sys.argv[1])
