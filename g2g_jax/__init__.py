@@ -5,7 +5,7 @@ from g2g_jax.data import load_dataset
 from g2g_jax.experiment import ConfigError, Experiment, parse_config
 from g2g_jax.models import G2GNet
 from g2g_jax.state import TrainState
-from g2g_jax.train import eval_step, make_train_state, train_and_evaluate, train_step
+from g2g_jax.train import eval_step, make_train_state, make_train_states, replica, train_and_evaluate, train_step
 
 __all__ = [
   'ConfigError',
@@ -18,7 +18,9 @@ __all__ = [
   'load_dataset',
   'make_masks',
   'make_train_state',
+  'make_train_states',
   'parse_config',
+  'replica',
   'train_and_evaluate',
   'train_step',
 ]
