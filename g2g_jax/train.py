@@ -135,7 +135,7 @@ def evaluate(eval_fn, state, images, labels, batch_size: int, sharding) -> dict:
       y = np.concatenate([y, np.zeros(pad, y.dtype)])
     batch = jax.device_put({'image': x, 'label': y, 'weight': weight}, sharding)
     sums.append(eval_fn(state, batch))
-  total = jax.tree.map(lambda *v: np.sum(np.stack(v).astype(np.float64), axis=0), *jax.device_get(sums))
+  total = jax.tree.map(lambda *v: np.atleast_1d(np.sum(np.stack(v).astype(np.float64), axis=0)), *jax.device_get(sums))
   return {'loss': total['loss'] / total['count'], 'accuracy': total['correct'] / total['count']}
 
 
@@ -159,8 +159,8 @@ class _EpochSums:
   def sync(self, last_step: int, batch_size: int, workdir: str, latest_checkpoint: int | None):
     """Fetches pending metrics; a non-finite loss stops the run, naming its step (and seed)."""
     fetched = jax.device_get(self._pending)
-    losses = np.concatenate([m['loss'] for m in fetched])  # [steps, seeds]
-    accs = np.concatenate([m['accuracy'] for m in fetched])
+    losses = np.concatenate([np.reshape(m['loss'], (len(m['loss']), -1)) for m in fetched])  # [steps, seeds]
+    accs = np.concatenate([np.reshape(m['accuracy'], (len(m['accuracy']), -1)) for m in fetched])
     bad = np.argwhere(~np.isfinite(losses))
     if bad.size:
       j, k = bad[0]
@@ -301,10 +301,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ConfigError(f'config.batch_size = {exp.batch_size}: must be <= the training set size ({n_train})')
 
   states = make_train_states(exp, num_train_examples=n_train)
-  accts = [
-    conn.accounting(st.params, st.masks, exp.num_patches, st.layout)
-    for st in (replica(states, k) for k in range(exp.num_seeds))
-  ]
+  replicas = [replica(states, k) for k in range(exp.num_seeds)]
+  accts = [conn.accounting(st.params, st.masks, exp.num_patches, st.layout) for st in replicas]
+  if exp.num_seeds == 1:  # one seed runs unstacked: a vmap of size 1 costs 40% on a CPU
+    states = replicas[0]
   loop = _Loop(exp, workdir, dataset, mesh, states)
   _log_setup(exp, dataset, accts[0], mesh, loop.steps_per_epoch)
 
@@ -335,8 +335,8 @@ def _per_seed(name: str, values) -> dict:
 class _Loop:
   """The training loop's fixed context: data, schedule, jitted functions, writers.
 
-  The train state carries a leading seed axis (config.num_seeds replicas); every step,
-  evaluation and mask update is vmapped over it.
+  With config.num_seeds > 1 the train state carries a leading seed axis and every step,
+  evaluation and mask update is vmapped over it; one seed runs unstacked.
   """
 
   def __init__(self, exp: Experiment, workdir: str, dataset: data_lib.Dataset, mesh: Mesh, states: TrainState):
@@ -348,7 +348,7 @@ class _Loop:
     self.rewire_batch_sharding = NamedSharding(mesh, P(None, None, 'data'))
     self.steps_per_epoch = len(dataset.train_images) // exp.batch_size
     self.total_steps = self.steps_per_epoch * exp.num_epochs
-    active = [rewiring.count_active(replica(states, k).masks) for k in range(exp.num_seeds)]
+    active = [rewiring.count_active(st.masks) for st in self.replicas(states)]
     self.rewire = dataclasses.replace(
       exp.rewiring,
       end_steps=exp.rewiring.end_steps or self.total_steps,
@@ -358,24 +358,35 @@ class _Loop:
     self.checkpoints: ckpt_lib.Checkpointer | None = None
     self.writer: metrics_lib.MetricWriter | None = None
 
+  def over_seeds(self, fn, in_axes=0):
+    """fn vmapped over the seed axis, or fn itself for one (unstacked) seed."""
+    return jax.vmap(fn, in_axes=in_axes) if self.num_seeds > 1 else fn
+
+  def replicas(self, states) -> list[TrainState]:
+    return [replica(states, k) for k in range(self.num_seeds)] if self.num_seeds > 1 else [states]
+
+  def unstack(self, x: np.ndarray) -> np.ndarray:
+    """Drops the seed axis of host data (axis 0) for one seed."""
+    return x if self.num_seeds > 1 else x[0]
+
   @functools.lru_cache(maxsize=2)  # noqa: B019 (one loop per run; holds two epochs' orders)
   def _permutations(self, epoch: int) -> np.ndarray:
-    """[seeds, examples]: each replica's order of the training set in this epoch."""
+    """[seeds, examples] (or [examples]): each replica's order of the training set."""
     n = len(self.dataset.train_images)
-    return np.stack([epoch_permutation(self.exp.seed + k, epoch, n) for k in range(self.num_seeds)])
+    return self.unstack(np.stack([epoch_permutation(self.exp.seed + k, epoch, n) for k in range(self.num_seeds)]))
 
   def batch_for(self, step: int) -> dict:
     """The host batches [seeds, batch, ...] that optimizer step `step` (1-based) trains on."""
     epoch, i = divmod(step - 1, self.steps_per_epoch)
-    idx = self._permutations(epoch)[:, i * self.exp.batch_size : (i + 1) * self.exp.batch_size]
+    idx = self._permutations(epoch)[..., i * self.exp.batch_size : (i + 1) * self.exp.batch_size]
     return {'image': self.dataset.train_images[idx], 'label': self.dataset.train_labels[idx]}
 
   def rewire_batches(self, step: int) -> dict:
     """The latest hebbian_batches training batches: [seeds, k, batch, ...]."""
     steps = range(max(step - self.rewire.hebbian_batches, 0) + 1, step + 1)
     batches = [self.batch_for(s) for s in steps]
-    stacked = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)
-    return jax.device_put(stacked, self.rewire_batch_sharding)
+    stacked = jax.tree.map(lambda *xs: np.stack(xs, axis=1 if self.num_seeds > 1 else 0), *batches)
+    return jax.device_put(stacked, self.rewire_batch_sharding if self.num_seeds > 1 else self.seeds_batch_sharding)
 
   def save(self, step, states, best, sums):
     self.checkpoints.save(step, states, {'best_test_accuracy': list(best), 'epoch_sums': sums.to_meta()})
@@ -385,13 +396,14 @@ class _Loop:
     exp = self.exp
     step_fn = functools.partial(train_step, augment=exp.data.augment, crop_padding=exp.data.crop_padding)
     if self.loop == 'steps':
-      train_fn = jax.jit(jax.vmap(step_fn), donate_argnums=0)
+      train_fn = jax.jit(self.over_seeds(step_fn), donate_argnums=0)
+      sharding = self.seeds_batch_sharding if self.num_seeds > 1 else self.batch_sharding
 
       def run(states, epoch, position, n):
         metrics = []
         for i in range(n):
           step = epoch * self.steps_per_epoch + position + i + 1
-          states, m = train_fn(states, jax.device_put(self.batch_for(step), self.seeds_batch_sharding))
+          states, m = train_fn(states, jax.device_put(self.batch_for(step), sharding))
           metrics.append(m)
         return states, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
 
@@ -405,7 +417,7 @@ class _Loop:
       augment=exp.data.augment,
       crop_padding=exp.data.crop_padding,
     )
-    chunk_fn = jax.jit(jax.vmap(chunk, in_axes=(0, None, 0, None, None)), donate_argnums=0)
+    chunk_fn = jax.jit(self.over_seeds(chunk, in_axes=(0, None, 0, None, None)), donate_argnums=0)
     data = jax.device_put({'image': self.dataset.train_images, 'label': self.dataset.train_labels}, self.replicated)
     perms = {}
 
@@ -414,7 +426,7 @@ class _Loop:
         perms.clear()
         perms[epoch] = jax.device_put(self._permutations(epoch).astype(np.int32), self.replicated)
       states, metrics = chunk_fn(states, data, perms[epoch], position, n)
-      return states, jax.tree.map(lambda x: x.T[:n], metrics)  # [seeds, length] -> [n, seeds]
+      return states, jax.tree.map(lambda x: x.T[:n], metrics)  # [(seeds,) length] -> [n(, seeds)]
 
     return run
 
@@ -425,22 +437,24 @@ class _Loop:
     restored = self.checkpoints.restore(states)
     if restored is not None:
       states, meta = restored
-      self.writer.truncate_after(int(states.step[0]))
-      logging.info('resumed from the checkpoint at step %d in %s', int(states.step[0]), self.checkpoints.directory)
-    step = int(states.step[0])
+      self.writer.truncate_after(int(np.ravel(states.step)[0]))
+      logging.info(
+        'resumed from the checkpoint at step %d in %s', int(np.ravel(states.step)[0]), self.checkpoints.directory
+      )
+    step = int(np.ravel(states.step)[0])
     if step >= self.total_steps:
       logging.info('run already finished (step %d of %d): nothing to train', step, self.total_steps)
       evals = [r for r in self.writer.records() if r.get('kind', 'eval') == 'eval']
       return evals[-1] if evals else {'step': step}
 
     run_chunk = self.make_chunk_runner()
-    eval_fn = jax.jit(jax.vmap(eval_step, in_axes=(0, None)))
-    rewire_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(states.key, _REWIRE_STREAM)
-    step_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+    eval_fn = jax.jit(self.over_seeds(eval_step, in_axes=(0, None)))
+    rewire_keys = self.over_seeds(jax.random.fold_in, in_axes=(0, None))(states.key, _REWIRE_STREAM)
+    step_keys = jax.jit(self.over_seeds(jax.random.fold_in, in_axes=(0, None)))
     rewire_fn = None
     if self.rewire.enabled:  # compiled ahead, so the updates' time share is their run time
       t0 = time.perf_counter()
-      update = jax.vmap(functools.partial(rewiring.update_masks, cfg=self.rewire))
+      update = self.over_seeds(functools.partial(rewiring.update_masks, cfg=self.rewire))
       rewire_fn = (
         jax.jit(update, donate_argnums=0)
         .lower(states, self.rewire_batches(max(step, self.rewire.hebbian_batches)), rewire_keys)
@@ -558,7 +572,7 @@ class _Loop:
     for layer, values in info.items():
       summary = {}
       for key, value in values.items():
-        value = np.asarray(value, np.float64)
+        value = np.atleast_1d(np.asarray(value, np.float64))
         if key == 'turnover':
           value = np.where(value < 0, np.nan, value)
         per_seed = [

@@ -14,16 +14,18 @@ from g2g_jax import train
 
 
 def final_states(config, workdir):
-  """The seed-stacked states saved by the last checkpoint of a run."""
+  """The states saved by the last checkpoint of a run (seed-stacked if num_seeds > 1)."""
   ckpt = ckpt_lib.Checkpointer(workdir)
-  states, _ = ckpt.restore(train.make_train_states(config))
+  template = train.make_train_states(config) if config.num_seeds > 1 else train.make_train_state(config)
+  states, _ = ckpt.restore(template)
   ckpt.close()
   return states
 
 
 def final_state(config, workdir, k=0):
   """Replica k of the states saved by the last checkpoint of a run."""
-  return train.replica(final_states(config, workdir), k)
+  states = final_states(config, workdir)
+  return train.replica(states, k) if config.num_seeds > 1 else states
 
 
 def records(workdir):

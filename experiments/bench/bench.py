@@ -31,7 +31,7 @@ _WIDTHS = flags.DEFINE_list('widths', ['1024', '4096'], 'Hidden widths to measur
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'Examples per step.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Steps per timed round.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed rounds per variant (median reported).')
-_TILE = flags.DEFINE_integer('tile_size', 32, 'Tile side for the tiled variant.')
+_TILE = flags.DEFINE_integer('tile_size', 0, 'Tile side for the tiled variant; 0 = one tile per group side.')
 
 VARIANTS = {
   'dense': {'connectivity.kind': 'dense'},
