@@ -132,24 +132,6 @@ def reverse_index(idx: np.ndarray, r_tiles: int) -> np.ndarray:
 
 
 @jax.custom_vjp
-def permute(x: jax.Array, order: jax.Array, inverse: jax.Array) -> jax.Array:
-  """x[:, order] for a permutation; the backward pass is x[:, inverse], not a scatter."""
-  return jnp.take(x, order, axis=1)
-
-
-def _permute_fwd(x, order, inverse):
-  return permute(x, order, inverse), (order, inverse)
-
-
-def _permute_bwd(res, g):
-  _, inverse = res
-  return jnp.take(g, inverse, axis=1), None, None
-
-
-permute.defvjp(_permute_fwd, _permute_bwd)
-
-
-@jax.custom_vjp
 def gather_tiles(x_BxRxT: jax.Array, idx: jax.Array, rev: jax.Array) -> jax.Array:
   """[B, C, K, T]: the input tiles each output tile reads."""
   return jnp.take(x_BxRxT, idx, axis=1)
@@ -167,6 +149,12 @@ def _gather_bwd(res, g_BxCxKxT):
 
 
 gather_tiles.defvjp(_gather_fwd, _gather_bwd)
+
+
+def permute(x: jax.Array, order: jax.Array, inverse: jax.Array) -> jax.Array:
+  """x[:, order] for a permutation: gather_tiles with one-neuron tiles, so the backward
+  pass is a gather by `inverse`, not a scatter."""
+  return gather_tiles(x[:, :, None], order[:, None], inverse[:, None])[:, :, 0, 0]
 
 
 class TiledDense(nn.Module):
