@@ -25,7 +25,10 @@ ROWS = {
 def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # int: the one seed of params, masks, shuffling and augmentation
-  c.num_seeds = 1  # independent replicas trained in one program (vmapped): seeds seed .. seed + num_seeds - 1
+  c.num_seeds = 1  # independent replicas trained in one program: seeds seed .. seed + num_seeds - 1
+  # How replicas share the program: 'vmap' (batched ops; for accelerators), 'unroll' (each
+  # replica's own ops, states kept apart; faster on a CPU), 'auto' (unroll on a CPU, else vmap).
+  c.seed_layout = 'auto'
   c.num_epochs = 30  # epochs: passes over the training set
   c.batch_size = 256  # examples per optimizer step, over all devices
   c.eval_batch_size = 1000  # examples per evaluation step, over all devices

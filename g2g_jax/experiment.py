@@ -17,6 +17,7 @@ from g2g_jax import models, optim, rewiring, tiles
 
 PROGRESS = ('auto', 'bar', 'lines', 'none')
 LOOPS = ('auto', 'steps', 'scan')
+SEED_LAYOUTS = ('auto', 'vmap', 'unroll')
 WIDTH_RULES = ('fixed', 'match_g2g_params')
 # Fields that may differ when a run is resumed: they change how it runs, not what it computes.
 RUNTIME_FIELDS = (
@@ -25,6 +26,7 @@ RUNTIME_FIELDS = (
   'log_every_steps',
   'num_devices',
   'loop',
+  'seed_layout',
   'data.dir',
   'data.tfds_data_dir',
   'data.download',
@@ -62,6 +64,7 @@ class Experiment:
   num_devices: int  # resolved: > 0
   progress: str
   num_seeds: int  # independent replicas trained together, seeds seed .. seed + num_seeds - 1
+  seed_layout: str  # 'auto' | 'vmap' | 'unroll'
   loop: str  # 'auto' | 'steps' | 'scan'
   data: DataSpec
   model: models.G2GNet
@@ -259,6 +262,7 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     progress=_choice(c, 'progress', PROGRESS),
     loop=_choice(c, 'loop', LOOPS),
     num_seeds=_int(c, 'num_seeds', 1),
+    seed_layout=_choice(c, 'seed_layout', SEED_LAYOUTS),
     data=data,
     model=model,
     connectivity=spec,

@@ -267,6 +267,11 @@ def make_train_states(config, *, num_train_examples: int | None = None) -> Train
     make_train_state(dataclasses.replace(exp, seed=exp.seed + k), num_train_examples=num_train_examples)
     for k in range(exp.num_seeds)
   ]
+  return stack_states(states)
+
+
+def stack_states(states: list[TrainState]) -> TrainState:
+  """Train states (same structure) stacked on a new leading axis."""
   leaves = [jax.tree.leaves(st) for st in states]
   return jax.tree.unflatten(jax.tree.structure(states[0]), [jnp.stack(xs) for xs in zip(*leaves, strict=True)])
 
@@ -305,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   accts = [conn.accounting(st.params, st.masks, exp.num_patches, st.layout) for st in replicas]
   if exp.num_seeds == 1:  # one seed runs unstacked: a vmap of size 1 costs 40% on a CPU
     states = replicas[0]
-  loop = _Loop(exp, workdir, dataset, mesh, states)
+  loop = _Loop(exp, workdir, dataset, mesh, replicas)
   _log_setup(exp, dataset, accts[0], mesh, loop.steps_per_epoch)
 
   os.makedirs(workdir, exist_ok=True)
@@ -339,7 +344,7 @@ class _Loop:
   evaluation and mask update is vmapped over it; one seed runs unstacked.
   """
 
-  def __init__(self, exp: Experiment, workdir: str, dataset: data_lib.Dataset, mesh: Mesh, states: TrainState):
+  def __init__(self, exp: Experiment, workdir: str, dataset: data_lib.Dataset, mesh: Mesh, replicas: list):
     self.exp, self.workdir, self.dataset = exp, workdir, dataset
     self.num_seeds = exp.num_seeds
     self.replicated = NamedSharding(mesh, P())
@@ -348,22 +353,62 @@ class _Loop:
     self.rewire_batch_sharding = NamedSharding(mesh, P(None, None, 'data'))
     self.steps_per_epoch = len(dataset.train_images) // exp.batch_size
     self.total_steps = self.steps_per_epoch * exp.num_epochs
-    active = [rewiring.count_active(st.masks) for st in self.replicas(states)]
+    cpu = jax.default_backend() == 'cpu'
+    self.loop = exp.loop if exp.loop != 'auto' else ('steps' if cpu else 'scan')
+    layout = exp.seed_layout if exp.seed_layout != 'auto' else ('unroll' if cpu else 'vmap')
+    self.unrolled = self.num_seeds > 1 and layout == 'unroll'
+    active = [rewiring.count_active(st.masks) for st in replicas]
     self.rewire = dataclasses.replace(
       exp.rewiring,
       end_steps=exp.rewiring.end_steps or self.total_steps,
       active_edges=tuple(max(a) for a in zip(*active, strict=True)),  # a static bound for every seed
     )
-    self.loop = exp.loop if exp.loop != 'auto' else ('steps' if jax.default_backend() == 'cpu' else 'scan')
     self.checkpoints: ckpt_lib.Checkpointer | None = None
     self.writer: metrics_lib.MetricWriter | None = None
 
   def over_seeds(self, fn, in_axes=0):
-    """fn vmapped over the seed axis, or fn itself for one (unstacked) seed."""
-    return jax.vmap(fn, in_axes=in_axes) if self.num_seeds > 1 else fn
+    """fn over every replica: vmapped over the seed axis, or unrolled in one program.
+
+    One seed: fn itself, on the unstacked state. seed_layout 'unroll' keeps the states as
+    a tuple and calls fn once per replica inside the same jitted program: each replica's
+    matmuls stay plain (vmapped ones run slower on a CPU) and nothing is restacked.
+    Outputs: train states stay a tuple, everything else is stacked on axis 0.
+    """
+    if self.num_seeds == 1:
+      return fn
+    if not self.unrolled:
+      return jax.vmap(fn, in_axes=in_axes)
+    axes = in_axes if isinstance(in_axes, tuple) else None
+
+    def pick(arg, k):
+      return arg[k] if isinstance(arg, tuple) else jax.tree.map(lambda x: x[k], arg)
+
+    def combine(outs):
+      if isinstance(outs[0], TrainState):
+        return tuple(outs)
+      if isinstance(outs[0], tuple):
+        return tuple(combine([o[i] for o in outs]) for i in range(len(outs[0])))
+      return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    def unrolled(*args):
+      ax = axes or (0,) * len(args)
+      return combine(
+        [fn(*[pick(a, k) if x == 0 else a for a, x in zip(args, ax, strict=True)]) for k in range(self.num_seeds)]
+      )
+
+    return unrolled
 
   def replicas(self, states) -> list[TrainState]:
+    if self.unrolled:
+      return list(states)
     return [replica(states, k) for k in range(self.num_seeds)] if self.num_seeds > 1 else [states]
+
+  def lead(self, states) -> TrainState:
+    """Replica 0 (its step and key stand for all), or the stacked states."""
+    return states[0] if self.unrolled else states
+
+  def keys(self, states) -> jax.Array:
+    return jnp.stack([st.key for st in states]) if self.unrolled else states.key
 
   def unstack(self, x: np.ndarray) -> np.ndarray:
     """Drops the seed axis of host data (axis 0) for one seed."""
@@ -389,6 +434,7 @@ class _Loop:
     return jax.device_put(stacked, self.rewire_batch_sharding if self.num_seeds > 1 else self.seeds_batch_sharding)
 
   def save(self, step, states, best, sums):
+    states = stack_states(list(states)) if self.unrolled else states  # one format for every layout
     self.checkpoints.save(step, states, {'best_test_accuracy': list(best), 'epoch_sums': sums.to_meta()})
 
   def make_chunk_runner(self):
@@ -437,11 +483,13 @@ class _Loop:
     restored = self.checkpoints.restore(states)
     if restored is not None:
       states, meta = restored
-      self.writer.truncate_after(int(np.ravel(states.step)[0]))
       logging.info(
         'resumed from the checkpoint at step %d in %s', int(np.ravel(states.step)[0]), self.checkpoints.directory
       )
     step = int(np.ravel(states.step)[0])
+    self.writer.truncate_after(step)
+    if self.unrolled:
+      states = tuple(replica(states, k) for k in range(seeds))
     if step >= self.total_steps:
       logging.info('run already finished (step %d of %d): nothing to train', step, self.total_steps)
       evals = [r for r in self.writer.records() if r.get('kind', 'eval') == 'eval']
@@ -449,7 +497,7 @@ class _Loop:
 
     run_chunk = self.make_chunk_runner()
     eval_fn = jax.jit(self.over_seeds(eval_step, in_axes=(0, None)))
-    rewire_keys = self.over_seeds(jax.random.fold_in, in_axes=(0, None))(states.key, _REWIRE_STREAM)
+    rewire_keys = self.over_seeds(jax.random.fold_in, in_axes=(0, None))(self.keys(states), _REWIRE_STREAM)
     step_keys = jax.jit(self.over_seeds(jax.random.fold_in, in_axes=(0, None)))
     rewire_fn = None
     if self.rewire.enabled:  # compiled ahead, so the updates' time share is their run time

@@ -198,6 +198,7 @@ def test_scanned_epochs_equal_the_step_by_step_loop(smoke_config, tmp_path):
 
 
 def test_seed_replicas_equal_single_runs(smoke_config, tmp_path):
+  smoke_config.num_epochs = 1
   smoke_config.data.augment = 'crop_flip'
   # Random criteria: masks depend on the keys alone, not on the last float bits that a
   # vmapped program may compute differently, so they must match exactly.
@@ -205,23 +206,24 @@ def test_seed_replicas_equal_single_runs(smoke_config, tmp_path):
   smoke_config.rewiring.grow = 'random'
   smoke_config.rewiring.rewire_every_steps = 6
   smoke_config.connectivity.grouping = 'random'  # groups, masks, shuffles all differ by seed
-  smoke_config.num_seeds = 2
-  together = train.train_and_evaluate(smoke_config, str(tmp_path / 'together'))
-  stacked = final_states(smoke_config, str(tmp_path / 'together'))
-  smoke_config.num_seeds = 1
+  singles, alone = [], []
   for k in (0, 1):
     smoke_config.seed = k
-    alone = train.train_and_evaluate(smoke_config, str(tmp_path / f'seed{k}'))
-    single = final_state(smoke_config, str(tmp_path / f'seed{k}'))
-    replica = train.replica(stacked, k)
-    chex.assert_trees_all_equal(replica.masks, single.masks)
-    chex.assert_trees_all_close(replica.params, single.params, atol=1e-5, rtol=1e-5)
-    assert together['test_accuracy_per_seed'][k] == pytest.approx(alone['test_accuracy'], abs=1e-6)
+    alone.append(train.train_and_evaluate(smoke_config, str(tmp_path / f'seed{k}')))
+    singles.append(final_state(smoke_config, str(tmp_path / f'seed{k}')))
+  smoke_config.seed, smoke_config.num_seeds = 0, 2
+  for layout in ('vmap', 'unroll'):
+    smoke_config.seed_layout = layout
+    together = train.train_and_evaluate(smoke_config, str(tmp_path / layout))
+    stacked = final_states(smoke_config, str(tmp_path / layout))
+    for k in (0, 1):
+      replica = train.replica(stacked, k)
+      chex.assert_trees_all_equal(replica.masks, singles[k].masks)
+      chex.assert_trees_all_close(replica.params, singles[k].params, atol=1e-5, rtol=1e-5)
+      assert together['test_accuracy_per_seed'][k] == pytest.approx(alone[k]['test_accuracy'], abs=1e-6)
+    assert together['num_seeds'] == 2
+    assert together['test_accuracy'] == pytest.approx(np.mean(together['test_accuracy_per_seed']))
+    assert together['test_accuracy_std'] == pytest.approx(np.std(together['test_accuracy_per_seed'], ddof=1))
   assert not np.array_equal(
-    train.replica(stacked, 0).masks['head']['hidden_0']['kernel'],
-    train.replica(stacked, 1).masks['head']['hidden_0']['kernel'],
+    singles[0].masks['head']['hidden_0']['kernel'], singles[1].masks['head']['hidden_0']['kernel']
   )
-  assert together['num_seeds'] == 2 and together['test_accuracy'] == pytest.approx(
-    np.mean(together['test_accuracy_per_seed'])
-  )
-  assert together['test_accuracy_std'] == pytest.approx(np.std(together['test_accuracy_per_seed'], ddof=1))
