@@ -403,10 +403,6 @@ class _Loop:
       return list(states)
     return [replica(states, k) for k in range(self.num_seeds)] if self.num_seeds > 1 else [states]
 
-  def lead(self, states) -> TrainState:
-    """Replica 0 (its step and key stand for all), or the stacked states."""
-    return states[0] if self.unrolled else states
-
   def keys(self, states) -> jax.Array:
     return jnp.stack([st.key for st in states]) if self.unrolled else states.key
 
