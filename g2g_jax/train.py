@@ -340,8 +340,9 @@ def _per_seed(name: str, values) -> dict:
 class _Loop:
   """The training loop's fixed context: data, schedule, jitted functions, writers.
 
-  With config.num_seeds > 1 the train state carries a leading seed axis and every step,
-  evaluation and mask update is vmapped over it; one seed runs unstacked.
+  With config.num_seeds > 1 every step, evaluation and mask update runs over all
+  replicas (see over_seeds): vmapped over a leading seed axis of the train state, or
+  unrolled over a tuple of states. One seed runs on the unstacked state.
   """
 
   def __init__(self, exp: Experiment, workdir: str, dataset: data_lib.Dataset, mesh: Mesh, replicas: list):
@@ -397,11 +398,6 @@ class _Loop:
       )
 
     return unrolled
-
-  def replicas(self, states) -> list[TrainState]:
-    if self.unrolled:
-      return list(states)
-    return [replica(states, k) for k in range(self.num_seeds)] if self.num_seeds > 1 else [states]
 
   def keys(self, states) -> jax.Array:
     return jnp.stack([st.key for st in states]) if self.unrolled else states.key

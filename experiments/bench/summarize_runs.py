@@ -1,6 +1,6 @@
 """One line per run folder: accuracy, training seconds (epochs 2+ and all), examples/s.
 
-  python experiments/bench/summarize_runs.py OUT_DIR
+python experiments/bench/summarize_runs.py OUT_DIR
 """
 
 import json
