@@ -102,7 +102,12 @@ def sparse_layer_paths(params: Mapping[str, Any]) -> list[tuple[str, ...]]:
   """Flattened paths of the hidden-layer kernels of the MLP head, in depth order."""
   flat = traverse_util.flatten_dict(params)
   paths = [p for p in flat if len(p) >= 2 and p[-1] == 'kernel' and p[-2].startswith('hidden_')]
-  return sorted(paths, key=lambda p: int(p[-2].split('_')[-1]))
+  return sorted(paths, key=layer_index)
+
+
+def layer_index(path: tuple[str, ...]) -> int:
+  """k of a path through 'hidden_k'."""
+  return int(path[-2].split('_')[-1])
 
 
 def make_masks(params: Mapping[str, Any], spec: ConnectivitySpec, seed: int):

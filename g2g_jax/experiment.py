@@ -123,6 +123,7 @@ def _divisible(field: str, value: int, by: int, what: str):
 def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) -> Experiment:
   """Validates every field and returns the specs the library runs on."""
   c = config
+  seed = _int(c, 'seed', 0)
   num_devices = _int(c, 'num_devices', 0, num_available_devices) or num_available_devices
   batch_size = _int(c, 'batch_size', 1)
   eval_batch_size = _int(c, 'eval_batch_size', 1)
@@ -199,7 +200,7 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
       if why:
         _fail('connectivity.tile_size', spec.tile_size, f'does not tile hidden_{k}: {why}')
     tile_plans = tuple(
-      tiles.plan_layer(n_in, n_out, k, spec, _int(c, 'seed', 0))
+      tiles.plan_layer(n_in, n_out, k, spec, seed)
       for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
     )
   model = models.G2GNet(
@@ -250,7 +251,7 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     )
 
   return Experiment(
-    seed=_int(c, 'seed', 0),
+    seed=seed,
     num_epochs=_int(c, 'num_epochs', 1),
     batch_size=batch_size,
     eval_batch_size=eval_batch_size,

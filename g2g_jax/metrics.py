@@ -38,10 +38,7 @@ class MetricWriter:
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def records(self) -> list[dict]:
-    if not os.path.exists(self.path):
-      return []
-    with open(self.path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+    return read_records(os.path.dirname(self.path))
 
   def truncate_after(self, step: int):
     kept = [r for r in self.records() if r['step'] <= step]
@@ -67,6 +64,21 @@ class MetricWriter:
   def close(self):
     if self._tb is not None:
       self._tb.close()
+
+
+def read_records(workdir: str) -> list[dict]:
+  """The records of WORKDIR/metrics.jsonl, oldest first ([] when there is none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def read_runs(out_dir: str) -> dict[str, list[dict]]:
+  """The records of every run folder under out_dir that has a metrics.jsonl."""
+  runs = {name: read_records(os.path.join(out_dir, name)) for name in sorted(os.listdir(out_dir))}
+  return {name: records for name, records in runs.items() if records}
 
 
 class Progress:

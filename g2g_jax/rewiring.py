@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
 from g2g_jax import tiles
 
@@ -153,8 +154,7 @@ def rewire_layer(cfg: RewireSpec, mask, kernel, n, key, hebbian=None, gradient=N
 def sparse_paths(masks) -> list[tuple[str, ...]]:
   """Paths of the masked kernels, in depth order (hidden_0, hidden_1, ...)."""
   flat = traverse_util.flatten_dict(masks)
-  paths = [p for p, m in flat.items() if m is not None]
-  return sorted(paths, key=lambda p: int(p[-2].split('_')[-1]))
+  return [p for p in conn.sparse_layer_paths(masks) if flat[p] is not None]
 
 
 def count_active(masks) -> tuple[int, ...]:
@@ -182,8 +182,8 @@ def _layer_signals(state, batch, cfg: RewireSpec, paths):
     else:
       _, acts = loss_fn(state.params)
       gradients = [None] * len(paths)
-    layer = [int(p[-2].split('_')[-1]) for p in paths]
-    hebbian = [hebbian_scores(acts[k], acts[k + 1]) for k in layer] if need_hebbian else [None] * len(paths)
+    layers = [conn.layer_index(p) for p in paths]
+    hebbian = [hebbian_scores(acts[k], acts[k + 1]) for k in layers] if need_hebbian else [None] * len(paths)
     return hebbian, gradients
 
   signals = jax.lax.map(one_batch, batch)  # leading axis: the batches

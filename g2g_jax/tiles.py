@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from g2g_jax import connectivity as conn
 
@@ -223,8 +224,6 @@ def to_blocks(dense_IxO: jax.Array, layout: dict, tile_in: int, tile_out: int) -
 
 def make_masks_and_layout(params, layout, spec: conn.ConnectivitySpec, seed: int):
   """Block masks for the tiled kernels (None elsewhere) and the filled layout collection."""
-  from flax import traverse_util  # noqa: PLC0415
-
   flat_p = traverse_util.flatten_dict(params)
   flat_l = traverse_util.flatten_dict(layout)
   masks = {path: None for path in flat_p}

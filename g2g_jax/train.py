@@ -262,12 +262,15 @@ def make_train_states(config, *, num_train_examples: int | None = None) -> Train
   Replica k is make_train_state for seed config.seed + k: its own weights, masks, groups
   and keys. The loop vmaps the steps over this axis.
   """
-  exp = _experiment(config)
-  states = [
+  return stack_states(make_replicas(_experiment(config), num_train_examples))
+
+
+def make_replicas(exp: Experiment, num_train_examples: int | None = None) -> list[TrainState]:
+  """make_train_state for each seed exp.seed .. exp.seed + num_seeds - 1, unstacked."""
+  return [
     make_train_state(dataclasses.replace(exp, seed=exp.seed + k), num_train_examples=num_train_examples)
     for k in range(exp.num_seeds)
   ]
-  return stack_states(states)
 
 
 def stack_states(states: list[TrainState]) -> TrainState:
@@ -305,11 +308,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if n_train < exp.batch_size:
     raise ConfigError(f'config.batch_size = {exp.batch_size}: must be <= the training set size ({n_train})')
 
-  states = make_train_states(exp, num_train_examples=n_train)
-  replicas = [replica(states, k) for k in range(exp.num_seeds)]
+  replicas = make_replicas(exp, num_train_examples=n_train)
   accts = [conn.accounting(st.params, st.masks, exp.num_patches, st.layout) for st in replicas]
-  if exp.num_seeds == 1:  # one seed runs unstacked: a vmap of size 1 costs 40% on a CPU
-    states = replicas[0]
+  # One seed runs unstacked: a vmap of size 1 costs 40% on a CPU.
+  states = stack_states(replicas) if exp.num_seeds > 1 else replicas[0]
   loop = _Loop(exp, workdir, dataset, mesh, replicas)
   _log_setup(exp, dataset, accts[0], mesh, loop.steps_per_epoch)
 
@@ -612,15 +614,11 @@ class _Loop:
     for layer, values in info.items():
       summary = {}
       for key, value in values.items():
-        value = np.atleast_1d(np.asarray(value, np.float64))
-        if key == 'turnover':
-          value = np.where(value < 0, np.nan, value)
-        per_seed = [
-          None if np.isnan(v) else (int(v) if key != 'turnover' and key != 'pruned_mean_abs_weight' else v)
-          for v in value.tolist()
-        ]
+        # Counts are ints, the rest floats; a turnover of -1 means "no update before".
+        per_seed = [None if key == 'turnover' and v < 0 else v for v in np.atleast_1d(value).tolist()]
         record[f'{layer}/{key}'] = per_seed[0] if self.num_seeds == 1 else per_seed
-        summary[key] = None if np.all(np.isnan(value)) else float(np.nanmean(value))
+        known = [v for v in per_seed if v is not None]
+        summary[key] = float(np.mean(known)) if known else None
       groups = f' intra {summary["intra"]:.0f} inter {summary["inter"]:.0f}' if 'intra' in summary else ''
       parts.append(
         f'{layer}: -{summary["pruned"]:.0f} +{summary["grown"]:.0f}{groups} '

@@ -10,6 +10,7 @@ import pytest
 
 from g2g_jax import checkpoint as ckpt_lib
 from g2g_jax import data as data_lib
+from g2g_jax import metrics as metrics_lib
 from g2g_jax import train
 
 
@@ -29,8 +30,7 @@ def final_state(config, workdir, k=0):
 
 
 def records(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
+  return metrics_lib.read_records(workdir)
 
 
 def synthetic_batches(config, n):

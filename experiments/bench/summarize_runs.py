@@ -3,19 +3,15 @@
 python experiments/bench/summarize_runs.py OUT_DIR
 """
 
-import json
-import os
 import sys
+
+from g2g_jax import metrics
 
 
 def main(out_dir):
   print(f'{"run":<18} {"epochs":>6} {"seeds":>5} {"final":>7} {"best":>7} {"train s":>8} {"ex/s (ep 2+)":>13}')
-  for name in sorted(os.listdir(out_dir)):
-    path = os.path.join(out_dir, name, 'metrics.jsonl')
-    if not os.path.exists(path):
-      continue
-    with open(path) as f:
-      evals = [r for r in map(json.loads, f) if r.get('kind', 'eval') == 'eval']
+  for name, records in metrics.read_runs(out_dir).items():
+    evals = [r for r in records if r.get('kind', 'eval') == 'eval']
     last = evals[-1]
     later = evals[1:] or evals  # epoch 1 includes compilation
     rate = sum(r['examples_per_sec'] * r['epoch_seconds'] for r in later) / sum(r['epoch_seconds'] for r in later)

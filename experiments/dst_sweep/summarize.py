@@ -1,18 +1,13 @@
 """Prints one line per run of run.sh: final and best test accuracy, rewiring time share."""
 
-import json
-import os
 import sys
+
+from g2g_jax import metrics
 
 
 def main(out_dir):
   print(f'{"run":<22} {"final":>7} {"best":>7} {"updates":>7} {"update s":>9} {"share":>7} {"train s":>8}')
-  for name in sorted(os.listdir(out_dir)):
-    path = os.path.join(out_dir, name, 'metrics.jsonl')
-    if not os.path.exists(path):
-      continue
-    with open(path) as f:
-      rows = [json.loads(line) for line in f]
+  for name, rows in metrics.read_runs(out_dir).items():
     evals = [r for r in rows if r.get('kind') == 'eval']
     rewires = [r for r in rows if r.get('kind') == 'rewire']
     train_s = sum(r['epoch_seconds'] for r in evals)
