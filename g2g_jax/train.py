@@ -564,6 +564,9 @@ class _Loop:
           **_per_seed('best_test_accuracy', best),
           'sparsity': float(np.mean([a['sparsity'] for a in accts])),
           'head_params': int(round(np.mean([a['head_params'] for a in accts]))),
+          'total_params': int(round(np.mean([a['total_params'] for a in accts]))),
+          'flops_per_example': float(np.mean([a['flops_per_example'] for a in accts])),
+          'data_source': self.dataset.source,
           'learning_rate': float(optim.make_schedule(exp.optim, self.total_steps)(step)),
           # Throughput over all replicas: examples trained on per second of training.
           'examples_per_sec': sums.count * seeds / max(sums.seconds - rewire_seconds, 1e-9),
