@@ -1,0 +1,386 @@
+"""Rebuilds experiments/reproduce/README.md and its figures from the results files alone.
+
+  python experiments/reproduce/report.py            # write README.md and the PNG figures
+  python experiments/reproduce/report.py --check    # exit 1 if README.md is not what the results give
+
+Reads experiments/results/<dataset>.jsonl (one line per finished run, written by run.py)
+and the mask snapshots under experiments/results/masks/. The prose of the conclusions
+is conclusions.md, included as it is; everything else is computed here.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (experiments/reproduce/run.py)
+import studies  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATASET_TITLES = {
+  'fashion_mnist': 'Fashion-MNIST (exact Debian IDX files)',
+  'cifar10': 'CIFAR-10 (the JPEG copy in ../shared/data, not the official pixels)',
+  'cifar100': 'CIFAR-100',
+  'smoke': 'smoke (synthetic data, for tests)',
+}
+STUDY_TITLES = {
+  'table1': 'Table 1: dense baselines against G2GNet, 30 epochs',
+  'p_sweep': "Inter-group probability p', 20 epochs",
+  'dst': "Dynamic sparse training on G2G mixer, p' = 0.15, 20 epochs",
+  'tiles': 'Tiled inter-group edges against scattered ones, 30 epochs',
+}
+STUDY_NOTES = {
+  'table1': 'FC v1 is dense with as many head params as G2GNet; FC v2 is dense at width 1024; ER has '
+  "G2GNet's density without groups.",
+  'p_sweep': "p' = 0.15 is the default (74.4% sparse). FC v2 is the dense line of the figure.",
+  'dst': 'Rows are prune_grow criteria: 10% of each sparse layer\'s edges every 1000 steps. "static" never '
+  "rewires (the same runs as mixer p' = 0.15 of the p' sweep).",
+  'tiles': "Both at G = 8, p' = 0.15. Tiles: one group-sized tile per block (tile_size = 0), each output group "
+  'reads one other whole group, so the density is 25.0% against 25.6% expected for scattered edges. The '
+  "scattered row is the same runs as table 1's G2G mixer.",
+}
+# (a, b) pairs compared in the findings table, per study.
+COMPARISONS = {
+  'table1': [('G2G mixer', 'FC v2'), ('G2G mixer', 'FC v1'), ('G2G index', 'FC v2'), ('G2G mixer', 'ER')],
+  'p_sweep': [('mixer p=0.15', 'index p=0.15'), ('mixer p=0.15', 'random p=0.15'), ('mixer p=0.15', 'FC v2')],
+  'dst': [(f'{p}_{g}', 'static') for p in studies.PRUNES for g in studies.GROWS],
+  'tiles': [('tiles', 'scattered (bernoulli)')],
+}
+PNG_META = {'Software': None}  # no library version in the files: the same results give the same bytes
+
+
+def _stats(values):
+  values = np.asarray(values, np.float64)
+  std = float(values.std(ddof=1)) if values.size > 1 else float('nan')
+  return float(values.mean()), std
+
+
+def _pm(values, scale=100.0, digits=2):
+  mean, std = _stats(values)
+  if np.isnan(std):
+    return f'{scale * mean:.{digits}f}'
+  return f'{scale * mean:.{digits}f} ± {scale * std:.{digits}f}'
+
+
+def collect(results_dir: str) -> dict:
+  """{dataset: {study: [(entry, [records of its seeds])]}} for every dataset with results."""
+  out = {}
+  for dataset in studies.DATASETS:
+    records = run.read_results(run.results_path(results_dir, dataset))
+    if not records:
+      continue
+    by_key = {}
+    for r in records:
+      by_key.setdefault(r['key'], {})[r['seed']] = r
+    keys = {e: studies.run_key(dataset, e)[0] for entries in studies.STUDIES.values() for e in entries}
+    out[dataset] = {
+      study: [(e, [by_key.get(keys[e], {})[s] for s in sorted(by_key.get(keys[e], {}))]) for e in entries]
+      for study, entries in studies.STUDIES.items()
+    }
+  return out
+
+
+def study_table(rows) -> list[str]:
+  lines = [
+    '| run | seeds | final test acc % | best test acc % | head params | sparsity % | MFLOPs / example '
+    '| train s | examples/s |',
+    '|---|---|---|---|---|---|---|---|---|',
+  ]
+  for entry, recs in rows:
+    if not recs:
+      lines.append(f'| {entry.name} | 0 | not run yet | | | | | | |')
+      continue
+    lines.append(
+      f'| {entry.name} | {len(recs)} | {_pm([r["final_test_accuracy"] for r in recs])} '
+      f'| {_pm([r["best_test_accuracy"] for r in recs])} | {int(np.mean([r["head_params"] for r in recs])):,} '
+      f'| {100 * np.mean([r["sparsity"] for r in recs]):.2f} '
+      f'| {np.mean([r["flops_per_example"] for r in recs]) / 1e6:.2f} '
+      f'| {_pm([r["train_seconds"] for r in recs], 1.0, 1)} | {np.mean([r["examples_per_sec"] for r in recs]):,.0f} |'
+    )
+  return lines
+
+
+def comparison_table(study: str, rows) -> list[str]:
+  by_name = {e.name: recs for e, recs in rows}
+  lines = []
+  for a, b in COMPARISONS[study]:
+    ra, rb = by_name.get(a, []), by_name.get(b, [])
+    if not ra or not rb:
+      continue
+    fa, fb = [r['final_test_accuracy'] for r in ra], [r['final_test_accuracy'] for r in rb]
+    (ma, sa), (mb, sb) = _stats(fa), _stats(fb)
+    diff = 100 * (ma - mb)
+    if len(ra) < 2 or len(rb) < 2:
+      verdict = 'one seed: no spread'
+    else:
+      spread = 100 * (sa + sb)
+      verdict = f'yes (spread {spread:.2f})' if abs(diff) > spread else f'no (spread {spread:.2f})'
+    lines.append(f'| {a} − {b} | {len(ra)} / {len(rb)} | {diff:+.2f} | {verdict} |')
+  if not lines:
+    return []
+  header = [
+    '',
+    'Difference of mean final test accuracy, in points. "Beyond spread" asks whether it is larger than the '
+    'sum of the two standard deviations.',
+    '',
+    '| comparison | seeds | difference | beyond spread? |',
+    '|---|---|---|---|',
+  ]
+  return header + lines
+
+
+def _savefig(fig, path):
+  fig.savefig(path, dpi=100, metadata=PNG_META)
+
+
+def figure_p_sweep(rows, path, title):
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  by_name = {e.name: recs for e, recs in rows}
+  for grouping in studies.GROUPINGS:
+    xs, ms, ss = [], [], []
+    for p in studies.P_INTERS:
+      recs = by_name.get(f'{grouping} p={p:.2f}', [])
+      if recs:
+        m, s = _stats([r['final_test_accuracy'] for r in recs])
+        xs.append(p)
+        ms.append(100 * m)
+        ss.append(0.0 if np.isnan(s) else 100 * s)
+    if xs:
+      ax.errorbar(xs, ms, yerr=ss, marker='o', capsize=3, label=grouping)
+  dense = by_name.get('FC v2', [])
+  if dense:
+    ax.axhline(100 * _stats([r['final_test_accuracy'] for r in dense])[0], color='k', ls='--', label='FC v2 (dense)')
+  ax.set_xlabel("p' (inter-group edge probability)")
+  ax.set_ylabel('final test accuracy %')
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  _savefig(fig, path)
+  plt.close(fig)
+
+
+def figure_curves(rows, path, title):
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for entry, recs in rows:
+    if not recs:
+      continue
+    curves = 100 * np.asarray([r['test_accuracy_curve'] for r in recs], np.float64)
+    epochs = np.arange(1, curves.shape[1] + 1)
+    mean = curves.mean(0)
+    ax.plot(epochs, mean, label=f'{entry.name} ({len(recs)} seeds)')
+    if len(recs) > 1:
+      std = curves.std(0, ddof=1)
+      ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('test accuracy %')
+  low = min((100 * min(r['test_accuracy_curve'][1:] or [1]) for _, recs in rows for r in recs), default=0)
+  ax.set_ylim(max(low - 1, 0), None)
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  _savefig(fig, path)
+  plt.close(fig)
+
+
+def figure_dst(rows, path, title):
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  done = [(e, recs) for e, recs in rows if recs]
+  fig, ax = plt.subplots(figsize=(8, 4))
+  names = [e.name for e, _ in done]
+  stats = [_stats([r['final_test_accuracy'] for r in recs]) for _, recs in done]
+  means = [100 * m for m, _ in stats]
+  stds = [0.0 if np.isnan(s) else 100 * s for _, s in stats]
+  colors = ['0.6' if n == 'static' else f'C{studies.PRUNES.index(n.split("_")[0])}' for n in names]
+  ax.bar(range(len(names)), means, yerr=stds, capsize=3, color=colors)
+  ax.set_xticks(range(len(names)), names, rotation=60, ha='right', fontsize=8)
+  if means:
+    ax.set_ylim(min(means) - 1.5, max(means) + 1.0)
+  ax.set_ylabel('final test accuracy %')
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  _savefig(fig, path)
+  plt.close(fig)
+
+
+def figure_mask(snapshot_path, path, title):
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  z = np.load(snapshot_path)
+  shape = tuple(z['shape'])
+  start = np.unpackbits(z['start'])[: np.prod(shape)].reshape(shape).astype(bool)
+  end = np.unpackbits(z['end'])[: np.prod(shape)].reshape(shape).astype(bool)
+  rows = np.argsort(z['groups_in'], kind='stable')
+  cols = np.argsort(z['groups_out'], kind='stable')
+  start, end = start[rows][:, cols], end[rows][:, cols]
+  changed = np.zeros(shape + (3,))
+  changed[end & ~start] = (0.85, 0.1, 0.1)  # grown
+  changed[start & ~end] = (0.1, 0.3, 0.85)  # pruned
+  changed[start & end] = (0.85, 0.85, 0.85)  # kept
+  changed[~start & ~end] = (1, 1, 1)
+  fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+  step = int(z['step'])
+  for ax, img, name in [
+    (axes[0], start, f'start: density {start.mean():.4f}'),
+    (axes[1], end, f'step {step}: density {end.mean():.4f}'),
+    (axes[2], changed, f'grown (red) {np.sum(end & ~start):,}, pruned (blue) {np.sum(start & ~end):,}'),
+  ]:
+    ax.imshow(img if img.ndim == 3 else ~img, cmap='gray', interpolation='antialiased', vmin=0, vmax=1)
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel('output neurons, by group')
+    ax.set_ylabel('input neurons, by group')
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  _savefig(fig, path)
+  plt.close(fig)
+
+
+def _spot_check(dataset, rows) -> list[str]:
+  for entry, recs in rows:
+    if recs:
+      r = recs[0]
+      flags = ' '.join(studies.overrides(r['changes']))
+      return [
+        '',
+        f'To repeat one run of this table by hand (here {entry.name}, seed {r["seed"]}):',
+        '',
+        '```',
+        f'python -m g2g_jax.main --config=configs/{dataset}.py:{entry.row} --workdir=/tmp/g2g/check '
+        f'--config.seed={r["seed"]} {flags}'.rstrip(),
+        '```',
+      ]
+  return []
+
+
+def build(results_dir: str, out_dir: str, figures: bool = True) -> str:
+  data = collect(results_dir)
+  lines = [
+    '# Reproducing G2GNet',
+    '',
+    'Generated by `python experiments/reproduce/report.py` from `experiments/results/*.jsonl`; do not edit',
+    'by hand (the conclusions are `conclusions.md`, included below). Mean ± standard deviation over',
+    'seeds (sample std, ddof = 1); a single seed shows no spread. Final is the last epoch, best the best',
+    'epoch (the lab reports best). Head params count active weights of the MLP head, as the paper does;',
+    'sparsity is over the sparse hidden layers; FLOPs count multiply-adds twice, forward pass, whole model.',
+    "Train s is the sum of the epochs' training time (no evaluation); examples/s is over epochs 2 and on.",
+    '',
+    '## How to run',
+    '',
+    '```',
+    'python experiments/reproduce/run.py --list                                  # the studies and their runs',
+    'python experiments/reproduce/run.py table1 --dataset=fashion_mnist --seeds=3  # resumable: skips finished runs',
+    'python experiments/reproduce/report.py                                      # this file and the figures',
+    '```',
+    '',
+    'Studies: `table1`, `p_sweep`, `dst`, `tiles`; datasets: `fashion_mnist`, `cifar10`, `cifar100`.',
+    'Each finished run appends one line to `experiments/results/<dataset>.jsonl` with its key (the config',
+    'fields it changes), seed, accuracies and curves, accounting, timing, the commit and the machine.',
+    'CIFAR-10 here is the JPEG copy (`python3 ../shared/data/prepare_cifar10.py ~/.cache/g2g_jax`).',
+    '',
+  ]
+  machines = sorted(
+    {f'{r["machine"]}, {r["backend"]}' for d in data.values() for rows in d.values() for _, recs in rows for r in recs}
+  )
+  if machines:
+    lines += ['Machines of the committed runs: ' + '; '.join(machines) + '.', '']
+  if 'cifar100' not in data:
+    lines += [
+      '## CIFAR-100: not run',
+      '',
+      'CIFAR-100 cannot be had on the machines these results come from (no internet, no local copy). Its',
+      'config runs end to end under `tfds.testing.mock_data` in the tests (`tests/main_test.py`). Where tfds',
+      'can download, run:',
+      '',
+      '```',
+      'python experiments/reproduce/run.py table1 --dataset=cifar100 --seeds=3',
+      '```',
+      '',
+    ]
+  for dataset, by_study in data.items():
+    lines += [f'## {DATASET_TITLES[dataset]}', '']
+    for study, rows in by_study.items():
+      if not any(recs for _, recs in rows):
+        lines += [
+          f'### {STUDY_TITLES[study]}',
+          '',
+          f'Not run yet: `python experiments/reproduce/run.py {study} --dataset={dataset} --seeds=3`.',
+          '',
+        ]
+        continue
+      lines += [f'### {STUDY_TITLES[study]}', '', STUDY_NOTES[study], '']
+      lines += study_table(rows)
+      lines += comparison_table(study, rows)
+      lines += _spot_check(dataset, rows)
+      lines.append('')
+      figure = None
+      if study == 'table1':
+        figure = f'curves_{dataset}.png'
+        if figures:
+          figure_curves(rows, os.path.join(out_dir, figure), f'{DATASET_TITLES[dataset]}: test accuracy per epoch')
+      elif study == 'p_sweep':
+        figure = f'p_sweep_{dataset}.png'
+        if figures:
+          figure_p_sweep(rows, os.path.join(out_dir, figure), f"{DATASET_TITLES[dataset]}: accuracy against p'")
+      elif study == 'dst':
+        figure = f'dst_{dataset}.png'
+        if figures:
+          figure_dst(rows, os.path.join(out_dir, figure), f'{DATASET_TITLES[dataset]}: DST prune_grow pairs')
+      if figure:
+        lines += [f'![{study} {dataset}]({figure})', '']
+      if study == 'dst':
+        snaps = [r for e, recs in rows if (study, e.name) == studies.MASK_ENTRY for r in recs if r.get('mask_snapshot')]
+        if snaps:
+          snap = os.path.join(results_dir, snaps[0]['mask_snapshot'])
+          figure = f'mask_{dataset}.png'
+          if figures:
+            figure_mask(
+              snap,
+              os.path.join(out_dir, figure),
+              f'{dataset}: {studies.MASK_LAYER} mask, DST {studies.MASK_ENTRY[1]}, seed 0; '
+              'rows and columns ordered by group',
+            )
+          lines += [
+            f'Mask of `{studies.MASK_LAYER}` in the {studies.MASK_ENTRY[1]} run (seed 0), at the start and the end,',
+            'inputs and outputs ordered by group so the dense diagonal blocks show:',
+            '',
+            f'![mask {dataset}]({figure})',
+            '',
+          ]
+  conclusions = os.path.join(out_dir, 'conclusions.md')
+  if os.path.exists(conclusions):
+    with open(conclusions) as f:
+      lines += [f.read().rstrip(), '']
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--results_dir', default=run.RESULTS_DIR)
+  parser.add_argument('--out_dir', default=HERE, help='where README.md and the figures go')
+  parser.add_argument('--check', action='store_true', help='compare README.md with the results; write nothing')
+  args = parser.parse_args(argv)
+  readme = os.path.join(args.out_dir, 'README.md')
+  if args.check:
+    text = build(args.results_dir, args.out_dir, figures=False)
+    with open(readme) as f:
+      same = f.read() == text
+    print('README.md matches the results' if same else 'README.md differs from what the results give: rerun report.py')
+    return 0 if same else 1
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use('Agg')
+  text = build(args.results_dir, args.out_dir)
+  with open(readme, 'w') as f:
+    f.write(text)
+  print(f'wrote {readme}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,112 @@
+"""The reproduction runner and report (experiments/reproduce), on the smoke config."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPRO = os.path.join(ROOT, 'experiments', 'reproduce')
+sys.path.insert(0, REPRO)
+import studies  # noqa: E402
+
+
+def script(name, *args):
+  return subprocess.run(
+    [sys.executable, os.path.join(REPRO, name), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+
+
+def lines(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_run_keys_share_identical_trainings_and_ignore_runtime_fields():
+  by_name = {(s, e.name): e for s, entries in studies.STUDIES.items() for e in entries}
+  key = lambda s, n: studies.run_key('fashion_mnist', by_name[(s, n)])[0]  # noqa: E731
+  assert key('table1', 'G2G mixer') == key('tiles', 'scattered (bernoulli)')
+  assert key('dst', 'static') == key('p_sweep', 'mixer p=0.15')  # p' = 0.15 is the default: no change
+  assert key('table1', 'G2G mixer') != key('dst', 'static')  # 30 against 20 epochs
+  assert len({key(s, n) for s, n in by_name}) == len(by_name) - 2
+  _, changes = studies.run_key('fashion_mnist', by_name[('dst', 'mixed_hebbian')])
+  assert changes == {'num_epochs': 20, 'rewiring.prune': 'mixed', 'rewiring.grow': 'hebbian'}
+
+
+@pytest.fixture(scope='module')
+def smoke_results(tmp_path_factory):
+  """Three smoke runs through the runner: table1's G2G mixer, the tiles study and one DST run."""
+  tmp = tmp_path_factory.mktemp('reproduce')
+  common = ['--dataset=smoke', '--seeds=1', f'--results_dir={tmp}/results', f'--work_root={tmp}/work']
+  for args in (['table1', '--only=G2G mixer'], ['tiles'], ['dst', '--only=mixed_hebbian']):
+    r = script('run.py', *args, *common)
+    assert r.returncode == 0, r.stderr[-2000:]
+  return tmp, common
+
+
+def test_runner_appends_one_line_per_run_and_reuses_shared_runs(smoke_results):
+  tmp, common = smoke_results
+  records = lines(f'{tmp}/results/smoke.jsonl')
+  # tiles' scattered row is table1's G2G mixer: 3 runs, not 4.
+  assert [(r['study'], r['name']) for r in records] == [
+    ('table1', 'G2G mixer'),
+    ('tiles', 'tiles'),
+    ('dst', 'mixed_hebbian'),
+  ]
+  mixer, tiles, dst = records
+  assert len(mixer['test_accuracy_curve']) == mixer['num_epochs'] == 30
+  assert mixer['final_test_accuracy'] == mixer['test_accuracy_curve'][-1]
+  assert mixer['best_test_accuracy'] == max(mixer['test_accuracy_curve'])
+  assert tiles['changes'] == {'connectivity.inter': 'tiles', 'num_epochs': 30}  # smoke runs 2 by default
+  assert 0 < tiles['sparsity'] < 1 and tiles['flops_per_example'] < mixer['flops_per_example'] * 1.5
+  assert dst['mask_snapshot'] == f'masks/smoke_{dst["key"]}_seed0.npz'
+  assert os.path.exists(f'{tmp}/results/{dst["mask_snapshot"]}')
+  # A rerun finds everything done and trains nothing.
+  again = script('run.py', 'tiles', *common)
+  assert again.returncode == 0 and '0 run(s) to do' in again.stdout
+  assert len(lines(f'{tmp}/results/smoke.jsonl')) == 3
+
+
+def test_report_is_rebuilt_byte_for_byte_from_the_results(smoke_results, tmp_path):
+  tmp, _ = smoke_results
+  outs = [tmp_path / 'a', tmp_path / 'b']
+  for out in outs:
+    out.mkdir()
+    r = script('report.py', f'--results_dir={tmp}/results', f'--out_dir={out}')
+    assert r.returncode == 0, r.stderr[-2000:]
+  names = sorted(os.listdir(outs[0]))
+  assert names == ['README.md', 'curves_smoke.png', 'dst_smoke.png', 'mask_smoke.png']
+  for name in names:
+    assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+  readme = (outs[0] / 'README.md').read_text()
+  record = lines(f'{tmp}/results/smoke.jsonl')[0]
+  assert f'| G2G mixer | 1 | {100 * record["final_test_accuracy"]:.2f} |' in readme
+  assert '| FC v2 | 0 | not run yet |' in readme
+  assert '## CIFAR-100: not run' in readme
+  check = script('report.py', f'--results_dir={tmp}/results', f'--out_dir={outs[0]}', '--check')
+  assert check.returncode == 0, check.stdout
+  (outs[0] / 'README.md').write_text(readme.replace('G2G mixer', 'G2G mixed'))
+  check = script('report.py', f'--results_dir={tmp}/results', f'--out_dir={outs[0]}', '--check')
+  assert check.returncode == 1 and 'differs' in check.stdout
+
+
+def test_committed_readme_is_what_the_committed_results_give():
+  r = script('report.py', '--check')
+  assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+  'args, message',
+  [
+    (['table1', '--seeds=0'], '--seeds=0: must be at least 1'),
+    (['table1', '--only=G2G', '--dataset=smoke'], "--only ['G2G']: not in study table1"),
+    (['table1', '--set=connectivity.p_inter=0.5', '--dataset=smoke'], 'only runtime fields may be set'),
+    (['table2'], "invalid choice: 'table2'"),
+  ],
+)
+def test_runner_rejects_bad_arguments_by_name(args, message, tmp_path):
+  r = script('run.py', *args, f'--results_dir={tmp_path}')
+  assert r.returncode == 2 and message in r.stderr, r.stderr
+  assert not os.listdir(tmp_path)
