@@ -83,6 +83,17 @@ def collect(results_dir: str) -> dict:
   return out
 
 
+BUSY_CORES = 0.25  # other processes' mean use of the machine above which a run's timing is marked
+
+
+def _busy_mark(recs) -> str:
+  """† when other work used the machine during a seed's run, ‡ when that was not measured."""
+  loads = [r.get('other_cores') for r in recs]
+  if any(x is not None and x > BUSY_CORES for x in loads):
+    return ' †'
+  return ' ‡' if any(x is None for x in loads) else ''
+
+
 def study_table(rows) -> list[str]:
   lines = [
     '| run | seeds | final test acc % | best test acc % | head params | sparsity % | MFLOPs / example '
@@ -98,7 +109,8 @@ def study_table(rows) -> list[str]:
       f'| {_pm([r["best_test_accuracy"] for r in recs])} | {int(np.mean([r["head_params"] for r in recs])):,} '
       f'| {100 * np.mean([r["sparsity"] for r in recs]):.2f} '
       f'| {np.mean([r["flops_per_example"] for r in recs]) / 1e6:.2f} '
-      f'| {_pm([r["train_seconds"] for r in recs], 1.0, 1)} | {np.mean([r["wall_seconds"] for r in recs]):.0f} '
+      f'| {_pm([r["train_seconds"] for r in recs], 1.0, 1)}{_busy_mark(recs)} '
+      f'| {np.mean([r["wall_seconds"] for r in recs]):.0f} '
       f'| {np.mean([r["examples_per_sec"] for r in recs]):,.0f} |'
     )
   return lines
@@ -272,7 +284,9 @@ def build(results_dir: str, out_dir: str, figures: bool = True) -> str:
     'sparsity is over the sparse hidden layers; FLOPs count multiply-adds twice, forward pass, whole model.',
     "Train s is the sum of the epochs' training time (no evaluation); whole run s is the command's wall",
     'time (start-up, compilation, evaluation and checkpoints included); examples/s is over epochs 2 and on.',
-    'Timings come from a shared machine: each results line records the load average at its end.',
+    f'Timings: † marks an entry where other work used more than {BUSY_CORES} of a core on average during',
+    "some seed's run (the runner measures it: `other_cores`), so its time is inflated; ‡ one where that was",
+    'not measured (runs from before the runner did). Accuracies do not depend on it.',
     '',
     '## How to run',
     '',

@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -53,6 +54,22 @@ def _commit() -> str:
     return out.stdout.strip() + ('+dirty' if dirty.stdout.strip() else '')
   except OSError:
     return 'unknown'
+
+
+def _machine_busy_seconds() -> float:
+  """CPU seconds all processes of the machine have used since boot (Linux /proc/stat)."""
+  try:
+    with open('/proc/stat') as f:
+      fields = [float(x) for x in f.readline().split()[1:]]
+  except OSError:
+    return float('nan')
+  idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+  return (sum(fields[:8]) - idle) / os.sysconf('SC_CLK_TCK')
+
+
+def _children_cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
 
 
 def summarize(records: list[dict]) -> dict:
@@ -125,10 +142,13 @@ def run_one(dataset, study, entry, seed, key, changes, results, work_root, extra
     '--config.progress=none',
     *extra,
   ]
-  t0 = time.perf_counter()
+  t0, busy0, own0 = time.perf_counter(), _machine_busy_seconds(), _children_cpu_seconds()
   print(f'[{datetime.datetime.now():%H:%M:%S}] {study}/{entry.name} seed {seed} ({key}) -> {workdir}', flush=True)
   proc = subprocess.run(cmd, cwd=studies.ROOT, capture_output=True, text=True, timeout=timeout)
   wall = time.perf_counter() - t0
+  # Cores kept busy by everything else during the run: timings of a run with a
+  # clearly non-zero value were slowed by other work on the machine.
+  other_cores = ((_machine_busy_seconds() - busy0) - (_children_cpu_seconds() - own0)) / wall
   if proc.returncode != 0:
     tail = '\n'.join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
     raise RuntimeError(f'{study}/{entry.name} seed {seed} failed (exit {proc.returncode}):\n{tail}')
@@ -152,6 +172,7 @@ def run_one(dataset, study, entry, seed, key, changes, results, work_root, extra
     'backend': jax.default_backend(),
     'machine': f'{platform.machine()} {os.cpu_count()} cpus',
     'load_avg_1m': os.getloadavg()[0],
+    'other_cores': other_cores,
     'finished': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
   }
   if (study, entry.name) == studies.MASK_ENTRY and seed == 0:
