@@ -4,6 +4,7 @@ from g2g_jax.connectivity import ConnectivitySpec, accounting, make_masks
 from g2g_jax.data import load_dataset
 from g2g_jax.experiment import ConfigError, Experiment, parse_config
 from g2g_jax.models import G2GNet
+from g2g_jax.rewiring import RewireSpec, count_active, update_masks
 from g2g_jax.state import TrainState
 from g2g_jax.train import eval_step, make_train_state, make_train_states, replica, train_and_evaluate, train_step
 
@@ -12,8 +13,10 @@ __all__ = [
   'ConnectivitySpec',
   'Experiment',
   'G2GNet',
+  'RewireSpec',
   'TrainState',
   'accounting',
+  'count_active',
   'eval_step',
   'load_dataset',
   'make_masks',
@@ -23,4 +26,5 @@ __all__ = [
   'replica',
   'train_and_evaluate',
   'train_step',
+  'update_masks',
 ]

@@ -323,9 +323,8 @@ def build(results_dir: str, out_dir: str, figures: bool = True) -> str:
   for dataset, by_study in data.items():
     cells = []
     for rows in by_study.values():
-      seeds = [len(recs) for _, recs in rows]
-      done = sum(1 for n in seeds if n)
-      cells.append(f'{done}/{len(seeds)}, seeds {min(seeds)}–{max(seeds)}' if done else f'0/{len(seeds)}')
+      seeds = [len(recs) for _, recs in rows if recs]
+      cells.append(f'{len(seeds)}/{len(rows)}, seeds {min(seeds)}–{max(seeds)}' if seeds else f'0/{len(rows)}')
     lines.append(f'| {dataset} | ' + ' | '.join(cells) + ' |')
   lines.append('')
   if 'cifar100' not in data:
