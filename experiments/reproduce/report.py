@@ -43,7 +43,16 @@ STUDY_NOTES = {
 }
 # (a, b) pairs compared in the findings table, per study.
 COMPARISONS = {
-  'table1': [('G2G mixer', 'FC v2'), ('G2G mixer', 'FC v1'), ('G2G index', 'FC v2'), ('G2G mixer', 'ER')],
+  'table1': [
+    ('G2G mixer', 'FC v2'),
+    ('G2G mixer', 'FC v1'),
+    ('G2G index', 'FC v2'),
+    ('G2G index', 'FC v1'),
+    ('ER', 'FC v2'),
+    ('G2G mixer', 'ER'),
+    ('G2G index', 'ER'),
+    ('G2G mixer', 'G2G index'),
+  ],
   'p_sweep': [('mixer p=0.15', 'index p=0.15'), ('mixer p=0.15', 'random p=0.15'), ('mixer p=0.15', 'FC v2')],
   'dst': [(f'{p}_{g}', 'static') for p in studies.PRUNES for g in studies.GROWS],
   'tiles': [('tiles', 'scattered (bernoulli)')],
