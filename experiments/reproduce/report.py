@@ -221,7 +221,10 @@ def figure_dst(rows, path, title):
   means = [100 * m for m, _ in stats]
   stds = [0.0 if np.isnan(s) else 100 * s for _, s in stats]
   colors = ['0.6' if n == 'static' else f'C{studies.PRUNES.index(n.split("_")[0])}' for n in names]
-  ax.bar(range(len(names)), means, yerr=stds, capsize=3, color=colors)
+  ax.bar(range(len(names)), means, yerr=stds if any(stds) else None, capsize=3, color=colors)
+  if 'static' in names:
+    ax.axhline(means[names.index('static')], color='0.4', ls='--', lw=1, label='static')
+    ax.legend(fontsize=8)
   ax.set_xticks(range(len(names)), names, rotation=60, ha='right', fontsize=8)
   if means:
     ax.set_ylim(min(means) - 1.5, max(means) + 1.0)
