@@ -272,14 +272,19 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
   )
 
 
-def config_differences(old: dict, new: dict, prefix: str = '') -> list[str]:
-  """Dotted fields whose values differ between two config dicts, runtime fields excepted."""
-  out = []
+def changed_fields(old: dict, new: dict, prefix: str = '') -> dict[str, tuple[Any, Any]]:
+  """{dotted field: (old, new)} where two config dicts differ, runtime fields excepted."""
+  out = {}
   for key in sorted(set(old) | set(new)):
     field = prefix + key
     a, b = old.get(key), new.get(key)
     if isinstance(a, dict) and isinstance(b, dict):
-      out += config_differences(a, b, field + '.')
+      out.update(changed_fields(a, b, field + '.'))
     elif a != b and field not in RUNTIME_FIELDS:
-      out.append(f'{field}: {a!r} -> {b!r}')
+      out[field] = (a, b)
   return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+  """'field: old -> new' for each field where two config dicts differ, runtime fields excepted."""
+  return [f'{field}: {a!r} -> {b!r}' for field, (a, b) in changed_fields(old, new).items()]

@@ -154,8 +154,23 @@ def comparison_table(study: str, rows) -> list[str]:
   return header + lines
 
 
-def _savefig(fig, path):
+def _save(fig, path):
+  """Writes a figure reproducibly and frees it."""
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  fig.tight_layout()
   fig.savefig(path, dpi=100, metadata=PNG_META)
+  plt.close(fig)
+
+
+def _finish(fig, ax, path, title, xlabel, ylabel, legend=True):
+  """Labels a one-axes figure the same way as the others, then saves it."""
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=9)
+  if legend:
+    ax.legend(fontsize=8)
+  _save(fig, path)
 
 
 def figure_p_sweep(rows, path, title):
@@ -177,13 +192,7 @@ def figure_p_sweep(rows, path, title):
   dense = by_name.get('FC v2', [])
   if dense:
     ax.axhline(100 * _stats([r['final_test_accuracy'] for r in dense])[0], color='k', ls='--', label='FC v2 (dense)')
-  ax.set_xlabel("p' (inter-group edge probability)")
-  ax.set_ylabel('final test accuracy %')
-  ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  _savefig(fig, path)
-  plt.close(fig)
+  _finish(fig, ax, path, title, "p' (inter-group edge probability)", 'final test accuracy %')
 
 
 def figure_curves(rows, path, title):
@@ -200,15 +209,9 @@ def figure_curves(rows, path, title):
     if len(recs) > 1:
       std = curves.std(0, ddof=1)
       ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
-  ax.set_xlabel('epoch')
-  ax.set_ylabel('test accuracy %')
   low = min((100 * min(r['test_accuracy_curve'][1:] or [1]) for _, recs in rows for r in recs), default=0)
   ax.set_ylim(max(low - 1, 0), None)
-  ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  _savefig(fig, path)
-  plt.close(fig)
+  _finish(fig, ax, path, title, 'epoch', 'test accuracy %')
 
 
 def figure_dst(rows, path, title):
@@ -224,15 +227,10 @@ def figure_dst(rows, path, title):
   ax.bar(range(len(names)), means, yerr=stds if any(stds) else None, capsize=3, color=colors)
   if 'static' in names:
     ax.axhline(means[names.index('static')], color='0.4', ls='--', lw=1, label='static')
-    ax.legend(fontsize=8)
   ax.set_xticks(range(len(names)), names, rotation=60, ha='right', fontsize=8)
   if means:
     ax.set_ylim(min(means) - 1.5, max(means) + 1.0)
-  ax.set_ylabel('final test accuracy %')
-  ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  _savefig(fig, path)
-  plt.close(fig)
+  _finish(fig, ax, path, title, '', 'final test accuracy %', legend='static' in names)
 
 
 def figure_mask(snapshot_path, path, title):
@@ -240,8 +238,7 @@ def figure_mask(snapshot_path, path, title):
 
   z = np.load(snapshot_path)
   shape = tuple(z['shape'])
-  start = np.unpackbits(z['start'])[: np.prod(shape)].reshape(shape).astype(bool)
-  end = np.unpackbits(z['end'])[: np.prod(shape)].reshape(shape).astype(bool)
+  start, end = (np.unpackbits(z[k])[: np.prod(shape)].reshape(shape).astype(bool) for k in ('start', 'end'))
   rows = np.argsort(z['groups_in'], kind='stable')
   cols = np.argsort(z['groups_out'], kind='stable')
   start, end = start[rows][:, cols], end[rows][:, cols]
@@ -262,9 +259,7 @@ def figure_mask(snapshot_path, path, title):
     ax.set_xlabel('output neurons, by group')
     ax.set_ylabel('input neurons, by group')
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  _savefig(fig, path)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def _spot_check(dataset, rows) -> list[str]:

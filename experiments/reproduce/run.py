@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from g2g_jax.experiment import RUNTIME_FIELDS
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import studies  # noqa: E402  (experiments/reproduce/studies.py)
 
@@ -101,7 +103,7 @@ def save_mask_snapshot(workdir: str, path: str, layer: str):
   from flax import traverse_util  # noqa: PLC0415
   from ml_collections import ConfigDict  # noqa: PLC0415
 
-  from g2g_jax import checkpoint, train  # noqa: PLC0415
+  from g2g_jax import checkpoint, connectivity, train  # noqa: PLC0415
 
   with open(os.path.join(workdir, 'config.json')) as f:
     config = ConfigDict(json.load(f))
@@ -110,10 +112,10 @@ def save_mask_snapshot(workdir: str, path: str, layer: str):
   end, _ = ckpt.restore(start)
   ckpt.close()
 
+  (kernel,) = [p for p in connectivity.sparse_layer_paths(start.params) if p[-2] == layer]
+
   def mask_of(state):
-    flat = traverse_util.flatten_dict(state.masks)
-    (key,) = [k for k in flat if layer in k and flat[k] is not None]
-    return np.asarray(flat[key], bool)
+    return np.asarray(traverse_util.flatten_dict(state.masks)[kernel], bool)
 
   m0, m1 = mask_of(start), mask_of(end)
   groups = start.groups[layer]
@@ -221,8 +223,8 @@ def main(argv=None):
     if '=' not in item:
       parser.error(f'--set {item!r}: expected FIELD=VALUE')
     field = item.split('=', 1)[0]
-    if field.split('.')[0] not in studies.RUNTIME_FIELDS:
-      parser.error(f'--set {item!r}: only runtime fields may be set ({", ".join(studies.RUNTIME_FIELDS)})')
+    if field not in RUNTIME_FIELDS:
+      parser.error(f'--set {item!r}: only runtime fields may be set ({", ".join(RUNTIME_FIELDS)})')
     extra.append(f'--config.{item}')
 
   results = results_path(args.results_dir, args.dataset)

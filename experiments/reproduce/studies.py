@@ -8,15 +8,16 @@ table1 G2G mixer row and the tiles study's scattered row, for example) share one
 """
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
 import os
 
+from g2g_jax.experiment import changed_fields
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATASETS = ('fashion_mnist', 'cifar10', 'cifar100', 'smoke')
-# The fields a run may set that do not change what is trained.
-RUNTIME_FIELDS = ('progress', 'loop', 'seed_layout', 'halt_after_steps', 'log_every_steps', 'num_devices')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,7 @@ STUDIES = {
 }
 
 
+@functools.cache
 def load_config_module(dataset: str):
   if dataset not in DATASETS:
     raise ValueError(f'dataset {dataset!r}: expected one of {", ".join(DATASETS)}')
@@ -71,16 +73,6 @@ def load_config_module(dataset: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
-
-
-def _flat(config) -> dict:
-  out = {}
-  for key, value in config.items():
-    if hasattr(value, 'items'):
-      out.update({f'{key}.{k}': v for k, v in _flat(value).items()})
-    else:
-      out[key] = value
-  return out
 
 
 def config_for(dataset: str, entry: Entry, seed: int):
@@ -97,9 +89,9 @@ def config_for(dataset: str, entry: Entry, seed: int):
 def run_key(dataset: str, entry: Entry) -> tuple[str, dict]:
   """(key, changes): changes are the fields in which the entry's config differs from
   configs/<dataset>.py (seed aside); the key is a short hash of them and the dataset."""
-  base = _flat(load_config_module(dataset).get_config())
-  mine = _flat(config_for(dataset, entry, seed=base['seed']))
-  changes = {k: v for k, v in mine.items() if v != base[k] and k not in RUNTIME_FIELDS}
+  base = load_config_module(dataset).get_config()
+  mine = config_for(dataset, entry, seed=base.seed)
+  changes = {field: new for field, (_, new) in changed_fields(base.to_dict(), mine.to_dict()).items()}
   blob = json.dumps({'dataset': dataset, 'changes': changes}, sort_keys=True)
   return hashlib.sha1(blob.encode()).hexdigest()[:12], changes
 
