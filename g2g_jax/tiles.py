@@ -43,12 +43,23 @@ class TilePlan:
   tile_out: int  # output neurons per tile
   num_slots: int  # K: input tiles per output tile
   num_intra: int  # S_in: the first num_intra slots are the own group's tiles
-  permute_in: bool  # the input grouping is not contiguous: inputs are reordered by group
-  permute_out: bool
+  # How inputs (outputs) are put in group order: 'none' (groups contiguous), 'interleave'
+  # (neuron i in group i mod G, the mixer's odd layers: a reshape and transpose) or
+  # 'gather' (any other grouping: a gather by the layout's in_order / out_order).
+  permute_in: str
+  permute_out: str
 
 
-def _groups_contiguous(groups: np.ndarray) -> bool:
-  return bool(np.all(np.diff(groups) >= 0))
+PERMUTES = ('none', 'interleave', 'gather')
+
+
+def _permute_kind(groups: np.ndarray, num_groups: int) -> str:
+  """How a side's neurons are put in group order (TilePlan.permute_in / permute_out)."""
+  if np.all(np.diff(groups) >= 0):
+    return 'none'
+  if np.array_equal(groups, conn.interleaved_groups(len(groups), num_groups)):
+    return 'interleave'
+  return 'gather'
 
 
 def tile_sides(n_in: int, n_out: int, num_groups: int, tile_size: int) -> tuple[int, int]:
@@ -64,7 +75,7 @@ def plan_layer(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, s
   s_in = n_in // g // t_in
   k_inter = min(int(round(spec.p_inter * (g - 1) * s_in / spec.tile_density)), (g - 1) * s_in)
   g_in, g_out = conn.layer_groups(n_in, n_out, layer, spec, seed)
-  return TilePlan(t_in, t_out, s_in + k_inter, s_in, not _groups_contiguous(g_in), not _groups_contiguous(g_out))
+  return TilePlan(t_in, t_out, s_in + k_inter, s_in, _permute_kind(g_in, g), _permute_kind(g_out, g))
 
 
 def check_sizes(n_in: int, n_out: int, num_groups: int, tile_size: int) -> str | None:
@@ -158,6 +169,16 @@ def permute(x: jax.Array, order: jax.Array, inverse: jax.Array) -> jax.Array:
   return gather_tiles(x[:, :, None], order[:, None], inverse[:, None])[:, :, 0, 0]
 
 
+def interleave(x: jax.Array, rows: int) -> jax.Array:
+  """x[:, order] for the permutation that reads x as [rows, n / rows] and transposes it.
+
+  With rows = n / G it puts interleaved groups (neuron i in group i mod G) in group
+  order; with rows = G it undoes that. A transpose: far cheaper than a gather on a CPU.
+  """
+  b, n = x.shape
+  return x.reshape(b, rows, n // rows).transpose(0, 2, 1).reshape(b, n)
+
+
 class TiledDense(nn.Module):
   """A sparse Dense layer that computes only its present tiles.
 
@@ -190,11 +211,16 @@ class TiledDense(nn.Module):
 
     kernel = self.param('kernel', self.kernel_init, (c_tiles, k, t_in, t_out))  # fan-in K * tile, see kernel_init
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    if self.plan.permute_in:
+    num_groups = r_tiles // self.plan.num_intra  # num_intra input tiles per group
+    if self.plan.permute_in == 'interleave':
+      x = interleave(x, n_in // num_groups)
+    elif self.plan.permute_in == 'gather':
       x = permute(x, in_order, in_inverse)
     tiles = gather_tiles(x.reshape(b, r_tiles, t_in), idx, rev)
     y = jnp.einsum('bckt,ckts->bcs', tiles, kernel).reshape(b, self.features)
-    if self.plan.permute_out:
+    if self.plan.permute_out == 'interleave':
+      y = interleave(y, num_groups)
+    elif self.plan.permute_out == 'gather':
       y = permute(y, out_inverse, out_order)
     return y + bias[None, :]
 

@@ -68,6 +68,10 @@ def test_tiled_layer_equals_masked_dense_layer(grouping):
   s = spec(grouping=grouping, p_intra=0.8, tile_density=0.7)
   sizes = [32, 64, 64]
   plans = tuple(tiles.plan_layer(a, b, k, s, 0) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)))
+  # Layer 1 exercises each way of putting neurons in group order (the mixer's odd layers
+  # are interleaved: a transpose; random groups need a gather).
+  expected = {'index': 'none', 'mixer': 'interleave', 'random': 'gather'}[grouping]
+  assert (plans[1].permute_in, plans[1].permute_out) == (expected, expected)
   tiled, dense = MLPHead((64, 64), 10, tile_plans=plans), MLPHead((64, 64), 10)
   x = jax.random.uniform(jax.random.PRNGKey(1), (5, 32))
   v = tiled.init(jax.random.PRNGKey(0), x)
