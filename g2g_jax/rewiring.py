@@ -218,8 +218,8 @@ def update_masks(state, batch: dict, rng: jax.Array, *, cfg: RewireSpec) -> tupl
     heb = hebbian[k]
     if kernel.ndim == 4:  # a tiled layer: scores and groups at its present tiles
       layout = {name: layouts[(*path[:-1], name)] for name in ('idx', 'intra', 'in_order', 'out_order')}
-      heb = None if heb is None else tiles.to_blocks(heb, layout, *kernel.shape[2:])
-      same_group = jnp.broadcast_to(layout['intra'][:, :, None, None], mask.shape)
+      heb = None if heb is None else tiles.to_blocks(heb, layout, *tiles.tile_sizes(kernel))
+      same_group = jnp.broadcast_to(layout['intra'][:, None, :, None], mask.shape)  # kernel [C, O, K, I]
     elif state.groups is not None:
       groups = state.groups[path[-2]]
       same_group = groups['in'][:, None] == groups['out'][None, :]

@@ -9,8 +9,10 @@ Bernoulli(tile_density) inside), K_inter = round(p' x (G - 1) x tiles per input 
 tile_density), so the expected density matches the Bernoulli layer up to that rounding.
 With tile_density = 1 present tiles are full and DST can only re-initialise edges inside
 them; a lower tile_density leaves absent edges in present tiles for DST to grow into.
-The kernel is [C, K, tile_in, tile_out] and only present tiles are computed: a gather of
-input tiles and a batched matmul, about 1 / density fewer FLOPs than the dense layer.
+The kernel is [C, tile_out, K, tile_in] (each output neuron's K x tile_in inputs
+contiguous: the layout XLA's CPU matmuls want, no transposes of kernel or gradient) and
+only present tiles are computed: a gather of input tiles and a batched matmul, about
+1 / density fewer FLOPs than the dense layer.
 Large tiles make large matmuls: on a CPU group-sized tiles are the fast choice.
 
 Inter tiles are chosen per layer as K_inter distinct (group offset d, shift s) pairs:
@@ -93,7 +95,7 @@ def check_sizes(n_in: int, n_out: int, num_groups: int, tile_size: int) -> str |
 
 
 def make_layout(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, seed: int):
-  """(layout arrays, bool block mask [C, K, tile_in, tile_out]) of one layer, from the seed."""
+  """(layout arrays, bool block mask [C, tile_out, K, tile_in]) of one layer, from the seed."""
   plan = plan_layer(n_in, n_out, layer, spec, seed)
   g, t_in, t_out = spec.num_groups, plan.tile_in, plan.tile_out
   r_tiles, c_tiles = n_in // t_in, n_out // t_out
@@ -117,6 +119,7 @@ def make_layout(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, 
   mask = np.ones((c_tiles, plan.num_slots, t_in, t_out), bool)
   mask[intra] = edge_rng.random((int(intra.sum()), t_in, t_out)) < spec.p_intra
   mask[~intra] = edge_rng.random((int((~intra).sum()), t_in, t_out)) < spec.tile_density
+  mask = from_ckio(mask)
   layout = {
     'idx': idx,
     'rev': reverse_index(idx, r_tiles),
@@ -127,6 +130,16 @@ def make_layout(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, 
     'out_inverse': np.argsort(out_order).astype(np.int32),
   }
   return layout, mask
+
+
+def from_ckio(blocks_CxKxIxO):
+  """[C, K, tile_in, tile_out] (one [in, out] matrix per tile) -> the kernel layout [C, tile_out, K, tile_in]."""
+  return blocks_CxKxIxO.transpose(0, 3, 1, 2)
+
+
+def to_ckio(blocks_CxOxKxI):
+  """The kernel layout [C, tile_out, K, tile_in] -> [C, K, tile_in, tile_out]."""
+  return blocks_CxOxKxI.transpose(0, 2, 3, 1)
 
 
 def reverse_index(idx: np.ndarray, r_tiles: int) -> np.ndarray:
@@ -182,14 +195,14 @@ def interleave(x: jax.Array, rows: int) -> jax.Array:
 class TiledDense(nn.Module):
   """A sparse Dense layer that computes only its present tiles.
 
-  Params: kernel [C, K, tile_in, tile_out], bias [features]. Layout (collection 'layout'):
+  Params: kernel [C, tile_out, K, tile_in], bias [features]. Layout (collection 'layout'):
   the index arrays of make_layout. Equal to a Dense layer whose kernel is `to_dense`.
   """
 
   features: int
   plan: TilePlan
-  # Built with in_axis=(1, 2): fan-in K x tile, each output's present inputs.
-  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal(in_axis=(1, 2), out_axis=(0, 3))
+  # Built with in_axis=(2, 3): fan-in K x tile, each output's present inputs.
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal(in_axis=(2, 3), out_axis=(0, 1))
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -209,7 +222,7 @@ class TiledDense(nn.Module):
     out_order = self.variable('layout', 'out_order', zeros((self.features,))).value
     out_inverse = self.variable('layout', 'out_inverse', zeros((self.features,))).value
 
-    kernel = self.param('kernel', self.kernel_init, (c_tiles, k, t_in, t_out))  # fan-in K * tile, see kernel_init
+    kernel = self.param('kernel', self.kernel_init, (c_tiles, t_out, k, t_in))  # fan-in K * tile, see kernel_init
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     num_groups = r_tiles // self.plan.num_intra  # num_intra input tiles per group
     if self.plan.permute_in == 'interleave':
@@ -217,7 +230,7 @@ class TiledDense(nn.Module):
     elif self.plan.permute_in == 'gather':
       x = permute(x, in_order, in_inverse)
     tiles = gather_tiles(x.reshape(b, r_tiles, t_in), idx, rev)
-    y = jnp.einsum('bckt,ckts->bcs', tiles, kernel).reshape(b, self.features)
+    y = jnp.einsum('bckt,cskt->bcs', tiles, kernel).reshape(b, self.features)
     if self.plan.permute_out == 'interleave':
       y = interleave(y, num_groups)
     elif self.plan.permute_out == 'gather':
@@ -225,9 +238,9 @@ class TiledDense(nn.Module):
     return y + bias[None, :]
 
 
-def to_dense(blocks_CxKxIxO, layout: dict, n_in: int, n_out: int) -> np.ndarray:
+def to_dense(blocks_CxOxKxI, layout: dict, n_in: int, n_out: int) -> np.ndarray:
   """The [n_in, n_out] matrix a tiled kernel (or mask) stands for, in neuron order."""
-  blocks = np.asarray(blocks_CxKxIxO)
+  blocks = to_ckio(np.asarray(blocks_CxOxKxI))
   c_tiles, _, t_in, t_out = blocks.shape
   out = np.zeros((n_in // t_in, t_in, c_tiles, t_out), blocks.dtype)
   idx = np.asarray(layout['idx'])
@@ -245,7 +258,7 @@ def to_blocks(dense_IxO: jax.Array, layout: dict, tile_in: int, tile_out: int) -
   n_in, n_out = dense_IxO.shape
   s = jnp.take(jnp.take(dense_IxO, layout['in_order'], axis=0), layout['out_order'], axis=1)
   s = s.reshape(n_in // tile_in, tile_in, n_out // tile_out, tile_out).transpose(2, 0, 1, 3)  # [C, R, I, O]
-  return jnp.take_along_axis(s, layout['idx'][:, :, None, None], axis=1)
+  return from_ckio(jnp.take_along_axis(s, layout['idx'][:, :, None, None], axis=1))
 
 
 def make_masks_and_layout(params, layout, spec: conn.ConnectivitySpec, seed: int):
@@ -265,9 +278,14 @@ def make_masks_and_layout(params, layout, spec: conn.ConnectivitySpec, seed: int
   return traverse_util.unflatten_dict(masks), traverse_util.unflatten_dict(flat_l)
 
 
-def rescale_init(kernel_CxKxIxO: np.ndarray, mask_CxKxIxO: np.ndarray) -> np.ndarray:
+def tile_sizes(kernel_CxOxKxI) -> tuple[int, int]:
+  """(tile_in, tile_out) of a tiled kernel."""
+  return kernel_CxOxKxI.shape[3], kernel_CxOxKxI.shape[1]
+
+
+def rescale_init(kernel_CxOxKxI: np.ndarray, mask_CxOxKxI: np.ndarray) -> np.ndarray:
   """conn.rescale_init for a tiled kernel: each output's present weights scaled to its fan-in."""
-  c, k, t_in, t_out = kernel_CxKxIxO.shape
-  as_2d = lambda a: np.asarray(a).transpose(1, 2, 0, 3).reshape(k * t_in, c * t_out)  # noqa: E731
-  scaled = conn.rescale_init(as_2d(kernel_CxKxIxO), as_2d(mask_CxKxIxO))
-  return scaled.reshape(k, t_in, c, t_out).transpose(2, 0, 1, 3)
+  c, t_out, k, t_in = kernel_CxOxKxI.shape
+  as_2d = lambda a: np.asarray(a).transpose(2, 3, 0, 1).reshape(k * t_in, c * t_out)  # noqa: E731
+  scaled = conn.rescale_init(as_2d(kernel_CxOxKxI), as_2d(mask_CxOxKxI))
+  return scaled.reshape(k, t_in, c, t_out).transpose(2, 3, 0, 1)

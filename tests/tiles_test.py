@@ -23,7 +23,7 @@ def test_layout_is_regular_and_respects_groups(n_in, n_out):
   idx, rev = layout['idx'], layout['rev']
   s_in, s_out = n_in // 16, n_out // 16  # tiles per group
   k_inter = round(0.5 * 3 * s_in)
-  assert idx.shape == (n_out // 4, s_in + k_inter) and mask.shape == (*idx.shape, 4, 4)
+  assert idx.shape == (n_out // 4, s_in + k_inter) and mask.shape == (n_out // 4, 4, s_in + k_inter, 4)
   for c, row in enumerate(idx):
     assert len(set(row)) == len(row)  # no tile twice
     own = c // s_out
@@ -41,7 +41,7 @@ def test_group_sized_tiles_for_a_widening_layer():
   plan = tiles.plan_layer(512, 4096, 0, s, 0)
   assert (plan.tile_in, plan.tile_out, plan.num_intra, plan.num_slots) == (64, 512, 1, 2)  # round(0.15 * 7) = 1
   layout, mask = tiles.make_layout(512, 4096, 0, s, 0)
-  assert mask.shape == (8, 2, 64, 512) and mask.mean() == 1.0
+  assert mask.shape == (8, 512, 2, 64) and mask.mean() == 1.0  # [C, tile_out, K, tile_in]
   assert tiles.to_dense(mask, layout, 512, 4096).mean() == pytest.approx(2 / 8)
 
 
@@ -54,13 +54,13 @@ def test_p_inter_zero_is_block_diagonal():
 def test_density_matches_the_bernoulli_layer_up_to_rounding():
   s = spec(num_groups=8, p_inter=0.15, tile_size=32, p_intra=0.5)
   _, mask = tiles.make_layout(1024, 1024, 1, s, seed=0)
-  k_inter = mask.shape[1] - 4  # 4 tiles per input group of 128
+  k_inter = mask.shape[2] - 4  # 4 tiles per input group of 128
   assert k_inter == round(0.15 * 7 * 4) == 4
   expected = (4 * 32 * 0.5 + k_inter * 32) / 1024  # p' rounds from 0.15 to 4 / 28 here
   assert mask.sum() / (1024 * 1024) == pytest.approx(expected, abs=0.002)
   _, half = tiles.make_layout(1024, 1024, 1, spec(num_groups=8, p_inter=0.15, tile_size=32, tile_density=0.5), 0)
-  assert half.shape[1] - 4 == round(0.15 * 7 * 4 / 0.5) == 8  # twice the tiles at half density
-  assert half[:, 4:].mean() == pytest.approx(0.5, abs=0.01)
+  assert half.shape[2] - 4 == round(0.15 * 7 * 4 / 0.5) == 8  # twice the tiles at half density
+  assert half[:, :, 4:].mean() == pytest.approx(0.5, abs=0.01)
 
 
 @pytest.mark.parametrize('grouping', ['index', 'mixer', 'random'])
