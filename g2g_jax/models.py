@@ -81,7 +81,7 @@ class MLPHead(nn.Module):
       if plan is None:
         layer = nn.Dense(width, kernel_init=kernel_init(self.kernel_init), name=f'hidden_{k}')
       else:
-        init = kernel_init(self.kernel_init, in_axis=(2, 3), out_axis=(0, 1))
+        init = kernel_init(self.kernel_init, in_axis=(1, 2), out_axis=(0, 3))  # drawn as [C, K, I, O]
         layer = TiledDense(width, plan, kernel_init=init, name=f'hidden_{k}')
       x = nn.relu(layer(x))
       acts.append(x)

@@ -201,8 +201,9 @@ class TiledDense(nn.Module):
 
   features: int
   plan: TilePlan
-  # Built with in_axis=(2, 3): fan-in K x tile, each output's present inputs.
-  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal(in_axis=(2, 3), out_axis=(0, 1))
+  # Draws the kernel as [C, K, tile_in, tile_out] (then stored transposed, so a seed gives
+  # the weights it gave before the layout changed): in_axis=(1, 2) is the fan-in K x tile.
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal(in_axis=(1, 2), out_axis=(0, 3))
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -222,7 +223,11 @@ class TiledDense(nn.Module):
     out_order = self.variable('layout', 'out_order', zeros((self.features,))).value
     out_inverse = self.variable('layout', 'out_inverse', zeros((self.features,))).value
 
-    kernel = self.param('kernel', self.kernel_init, (c_tiles, t_out, k, t_in))  # fan-in K * tile, see kernel_init
+    def init(key, shape, dtype=jnp.float32):
+      c, o, k_, i = shape
+      return from_ckio(self.kernel_init(key, (c, k_, i, o), dtype))
+
+    kernel = self.param('kernel', init, (c_tiles, t_out, k, t_in))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     num_groups = r_tiles // self.plan.num_intra  # num_intra input tiles per group
     if self.plan.permute_in == 'interleave':
