@@ -52,9 +52,6 @@ class TilePlan:
   permute_out: str
 
 
-PERMUTES = ('none', 'interleave', 'gather')
-
-
 def _permute_kind(groups: np.ndarray, num_groups: int) -> str:
   """How a side's neurons are put in group order (TilePlan.permute_in / permute_out)."""
   if np.all(np.diff(groups) >= 0):
