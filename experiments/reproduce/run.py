@@ -1,12 +1,15 @@
 """Runs a study of the reproduction for a dataset and a number of seeds, resumably.
 
   python experiments/reproduce/run.py table1 --dataset=fashion_mnist --seeds=3
+  python experiments/reproduce/run.py dst p_sweep --seeds=3 --jobs=8   # several at once (a GPU)
 
 Each run is `python -m g2g_jax.main` in its own process, in a work folder named by the
 run's key (runs/reproduce/<dataset>/<key>/seed<k>), so an interrupted run resumes from
 its last checkpoint. A finished run appends one JSON line to
 experiments/results/<dataset>.jsonl; a rerun skips every (key, seed) already there, also
 when another study asked for it. Studies are listed in studies.py; `--list` prints them.
+With --jobs=N, N runs go at once (on a GPU, whose small steps leave it mostly idle); their
+timings then count each other as other work (`other_cores`, marked in the report).
 """
 
 import argparse
@@ -14,10 +17,13 @@ import datetime
 import json
 import os
 import platform
-import resource
+import re
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from concurrent import futures
 
 from g2g_jax.experiment import RUNTIME_FIELDS
 
@@ -39,7 +45,15 @@ def read_results(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+_APPEND_LOCK = threading.Lock()
+
+
 def _append(path: str, record: dict):
+  with _APPEND_LOCK:  # runs that finish together (--jobs) write their lines one after another
+    _append_line(path, record)
+
+
+def _append_line(path: str, record: dict):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'a') as f:  # one write per line: a crash never leaves half a record
     f.write(json.dumps(record, sort_keys=True) + '\n')
@@ -48,14 +62,17 @@ def _append(path: str, record: dict):
 
 
 def _commit() -> str:
+  """The checkout's commit; G2G_COMMIT names it for a copy without git history (a GPU machine)."""
   try:
     out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=studies.ROOT, capture_output=True, text=True)
     dirty = subprocess.run(
       ['git', 'status', '--porcelain', 'g2g_jax', 'configs'], cwd=studies.ROOT, capture_output=True, text=True
     )
-    return out.stdout.strip() + ('+dirty' if dirty.stdout.strip() else '')
   except OSError:
-    return 'unknown'
+    out = None
+  if out is None or out.returncode != 0:
+    return os.environ.get('G2G_COMMIT', 'unknown')
+  return out.stdout.strip() + ('+dirty' if dirty.stdout.strip() else '')
 
 
 def _machine_busy_seconds() -> float:
@@ -69,9 +86,26 @@ def _machine_busy_seconds() -> float:
   return (sum(fields[:8]) - idle) / os.sysconf('SC_CLK_TCK')
 
 
-def _children_cpu_seconds() -> float:
-  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return usage.ru_utime + usage.ru_stime
+def _run_child(cmd: list[str], timeout: float) -> tuple[int, str, str, float]:
+  """Runs cmd; returns its exit status, stdout, stderr and the CPU seconds it used itself.
+
+  The CPU time comes from wait4 on this child alone, so runs going at once (--jobs) do not
+  count each other's time as their own.
+  """
+  with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
+    proc = subprocess.Popen(cmd, cwd=studies.ROOT, stdout=out, stderr=err, text=True)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+      _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+      timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait for it again
+    if timer.finished.is_set() and proc.returncode < 0:
+      raise subprocess.TimeoutExpired(cmd, timeout)
+    out.seek(0)
+    err.seek(0)
+    return proc.returncode, out.read(), err.read(), usage.ru_utime + usage.ru_stime
 
 
 def summarize(records: list[dict]) -> dict:
@@ -144,19 +178,21 @@ def run_one(dataset, study, entry, seed, key, changes, results, work_root, extra
     '--config.progress=none',
     *extra,
   ]
-  t0, busy0, own0 = time.perf_counter(), _machine_busy_seconds(), _children_cpu_seconds()
+  t0, busy0 = time.perf_counter(), _machine_busy_seconds()
   print(f'[{datetime.datetime.now():%H:%M:%S}] {study}/{entry.name} seed {seed} ({key}) -> {workdir}', flush=True)
-  proc = subprocess.run(cmd, cwd=studies.ROOT, capture_output=True, text=True, timeout=timeout)
+  returncode, stdout, stderr, own_cpu = _run_child(cmd, timeout)
   wall = time.perf_counter() - t0
   # Cores kept busy by everything else during the run: timings of a run with a
   # clearly non-zero value were slowed by other work on the machine.
-  other_cores = ((_machine_busy_seconds() - busy0) - (_children_cpu_seconds() - own0)) / wall
-  if proc.returncode != 0:
-    tail = '\n'.join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-    raise RuntimeError(f'{study}/{entry.name} seed {seed} failed (exit {proc.returncode}):\n{tail}')
-  import jax  # noqa: PLC0415
-
+  other_cores = ((_machine_busy_seconds() - busy0) - own_cpu) / wall
+  if returncode != 0:
+    tail = '\n'.join((stderr or stdout).strip().splitlines()[-15:])
+    raise RuntimeError(f'{study}/{entry.name} seed {seed} failed (exit {returncode}):\n{tail}')
   from g2g_jax import metrics  # noqa: PLC0415
+
+  # The run's own backend, from its log line 'JAX <version> on <backend>: <devices>': the
+  # runner starts no backend of its own (on a GPU that would hold memory the runs need).
+  said = re.search(r'JAX \S+ on (\w+):', stderr)
 
   record = {
     'key': key,
@@ -171,7 +207,7 @@ def run_one(dataset, study, entry, seed, key, changes, results, work_root, extra
     'wall_seconds': wall,
     'command': ' '.join(cmd[1:]).replace(studies.ROOT + '/', ''),
     'commit': _commit(),
-    'backend': jax.default_backend(),
+    'backend': said.group(1) if said else 'unknown',
     'machine': f'{platform.machine()} {os.cpu_count()} cpus',
     'load_avg_1m': os.getloadavg()[0],
     'other_cores': other_cores,
@@ -192,7 +228,7 @@ def run_one(dataset, study, entry, seed, key, changes, results, work_root, extra
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('study', nargs='?', choices=sorted(studies.STUDIES))
+  parser.add_argument('study', nargs='*', help=f'one or more of {", ".join(studies.STUDIES)}')
   parser.add_argument('--dataset', default='fashion_mnist', choices=studies.DATASETS)
   parser.add_argument('--seeds', type=int, default=3, help='seeds 0 .. N-1 (default 3)')
   parser.add_argument('--only', action='append', default=[], help='run only this entry name (repeatable)')
@@ -200,24 +236,38 @@ def main(argv=None):
   parser.add_argument('--work_root', default=WORK_ROOT)
   parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='extra --config override')
   parser.add_argument('--timeout', type=float, default=4 * 3600, help='seconds allowed for one run')
+  parser.add_argument('--first_seed', type=int, default=0, help='skip seeds below this one (default 0)')
+  parser.add_argument('--jobs', type=int, default=1, help='runs at once (default 1)')
+  parser.add_argument(
+    '--stop_after', type=float, default=None, help='start no run later than this many seconds after launch'
+  )
   parser.add_argument('--list', action='store_true', help='print the studies and their runs, then exit')
   args = parser.parse_args(argv)
 
-  if args.list or args.study is None:
+  t_launch = time.perf_counter()
+  if args.list or not args.study:
     for name, entries in studies.STUDIES.items():
       print(f'{name}:')
       for e in entries:
         key, changes = studies.run_key(args.dataset, e)
         print(f'  {e.name:<24} {key}  {e.epochs} epochs  {studies.overrides(changes)}')
     return 0
+  bad = [s for s in args.study if s not in studies.STUDIES]
+  if bad:
+    parser.error(f'study {bad}: expected one or more of {", ".join(studies.STUDIES)}')
   if args.seeds < 1:
     parser.error(f'--seeds={args.seeds}: must be at least 1')
-  entries = studies.STUDIES[args.study]
-  unknown = sorted(set(args.only) - {e.name for e in entries})
+  if not 0 <= args.first_seed < args.seeds:
+    parser.error(f'--first_seed={args.first_seed}: must be at least 0 and below --seeds={args.seeds}')
+  if args.jobs < 1:
+    parser.error(f'--jobs={args.jobs}: must be at least 1')
+  entries = [(study, e) for study in args.study for e in studies.STUDIES[study]]
+  unknown = sorted(set(args.only) - {e.name for _, e in entries})
   if unknown:
-    parser.error(f'--only {unknown}: not in study {args.study}; its entries: {[e.name for e in entries]}')
+    names = [e.name for _, e in entries]
+    parser.error(f'--only {unknown}: not in study {" ".join(args.study)}; its entries: {names}')
   if args.only:
-    entries = [e for e in entries if e.name in args.only]
+    entries = [(study, e) for study, e in entries if e.name in args.only]
   extra = []
   for item in args.set:
     if '=' not in item:
@@ -230,16 +280,38 @@ def main(argv=None):
   results = results_path(args.results_dir, args.dataset)
   done = {(r['key'], r['seed']) for r in read_results(results)}
   todo = []
-  for entry in entries:
-    key, changes = studies.run_key(args.dataset, entry)
-    for seed in range(args.seeds):
+  for seed in range(args.first_seed, args.seeds):  # seed by seed: a sitting cut short leaves whole seeds done
+    for study, entry in entries:
+      key, changes = studies.run_key(args.dataset, entry)
       if (key, seed) in done:
         continue
       done.add((key, seed))  # an entry repeated under two names runs once
-      todo.append((entry, seed, key, changes))
-  print(f'{args.study} on {args.dataset}: {len(todo)} run(s) to do, results in {results}', flush=True)
-  for entry, seed, key, changes in todo:
-    run_one(args.dataset, args.study, entry, seed, key, changes, results, args.work_root, extra, args.timeout)
+      todo.append((study, entry, seed, key, changes))
+  print(f'{" ".join(args.study)} on {args.dataset}: {len(todo)} run(s) to do, results in {results}', flush=True)
+
+  def go(item):
+    study, entry, seed, key, changes = item
+    if args.stop_after is not None and time.perf_counter() - t_launch > args.stop_after:
+      return 'skipped'
+    run_one(args.dataset, study, entry, seed, key, changes, results, args.work_root, extra, args.timeout)
+    return 'done'
+
+  if args.jobs == 1:
+    outcomes = [go(item) for item in todo]  # the first failure stops the study
+  else:
+    failures, outcomes = [], []
+    with futures.ThreadPoolExecutor(args.jobs) as pool:
+      for item, fut in [(item, pool.submit(go, item)) for item in todo]:
+        try:
+          outcomes.append(fut.result())
+        except Exception as e:  # noqa: BLE001 (report every failed run, keep the others)
+          failures.append(f'{item[0]}/{item[1].name} seed {item[2]}: {e}')
+    if failures:
+      print(f'{len(failures)} run(s) failed:\n' + '\n'.join(failures), file=sys.stderr, flush=True)
+      return 1
+  skipped = outcomes.count('skipped')
+  if skipped:
+    print(f'{skipped} run(s) not started: --stop_after={args.stop_after:g} s had passed', flush=True)
   return 0
 
 
