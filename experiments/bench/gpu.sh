@@ -1,48 +1,121 @@
 #!/usr/bin/env bash
-# The benchmark and full Fashion-MNIST runs on a machine with one GPU and no network.
+# The benchmark, whole Fashion-MNIST runs and reproduction runs on a machine with one GPU
+# and no network, in one prepared command.
 #
 # Here (with network), from the repository root, once:
 #   bash experiments/bench/gpu.sh prepare
 # puts what the GPU machine lacks into experiments/bench/.carry/ (git-ignored, about
-# 31 MB): pure-Python wheels of ml_collections and tensorboardX, and the Fashion-MNIST
-# IDX files. The GPU machine must already have jax (CUDA), flax, optax, orbax-checkpoint
-# and absl-py; the project's lent H100 image has them.
+# 34 MB): pure-Python wheels of ml_collections and tensorboardX, this project's pinned
+# flax, optax, orbax-checkpoint and chex (used only if the machine's own fail the smoke
+# run), and the Fashion-MNIST IDX files. The GPU machine must already have jax (CUDA) and
+# the other dependencies; the project's lent H100 image has them.
 #
 # There, from the repository root (carry experiments/bench/.carry):
-#   bash experiments/bench/gpu.sh run OUT_DIR
-# prints and writes to OUT_DIR: the benchmark (dense / masked / tiles at widths 1024
-# and 4096), then 30-epoch G2G runs with the scanned and the step-by-step loop, the
-# tiled G2G run, FC v2, and G2G with 4 seeds in one program.
-set -euo pipefail
+#   bash experiments/bench/gpu.sh run OUT_DIR [SECONDS]
+# writes to OUT_DIR (at most 8 files): log.txt (everything printed), bench.json (the
+# benchmark's JSON line), runs.txt (the whole runs' summary), fashion_mnist.jsonl
+# (reproduction results lines), logs.tgz (every run's log and metrics). Stages:
+#   1. versions and a smoke run (falls back to the carried pinned wheels if it fails);
+#   2. bench.py: dense / masked / tiles at widths 1024 and 4096;
+#   3. 30-epoch G2G runs with the scanned and the step-by-step loop, the tiled G2G run,
+#      FC v2, and G2G with 4 seeds in one program;
+#   4. the GPU equality tests (tiles = masked, scan = steps, replicas = single runs);
+#   5. reproduction runs (Fashion-MNIST dst and p_sweep to 3 seeds, REPRO_JOBS at once)
+#      until SECONDS (default 540) after the start, then stop; finished runs are kept.
+set -uo pipefail
 cd "$(dirname "$0")/../.."
 carry=experiments/bench/.carry
 
 if [ "${1:-}" = prepare ]; then
-  mkdir -p "$carry/whl" "$carry/fashion-mnist"
+  set -e
+  mkdir -p "$carry/whl" "$carry/pinned" "$carry/fashion-mnist"
   python3 -m pip download -q --no-deps --only-binary=:all: -d "$carry/whl" ml_collections==1.1.0 tensorboardX==2.6.5
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$carry/pinned" \
+    flax==0.12.8 optax==0.2.8 orbax-checkpoint==0.12.8 chex==0.1.92
   src=${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
   cp "$src"/*-ubyte.gz "$carry/fashion-mnist/"
   du -sh "$carry"
   exit 0
 fi
 
-[ "${1:-}" = run ] || { echo "usage: $0 prepare | run OUT_DIR" >&2; exit 2; }
-out=${2:?usage: $0 run OUT_DIR}
+[ "${1:-}" = run ] || { echo "usage: $0 prepare | run OUT_DIR [SECONDS]" >&2; exit 2; }
+out=${2:?usage: $0 run OUT_DIR [SECONDS]}
+budget=${3:-540}
+start=$SECONDS
 mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/g2g-site "$carry"/whl/*.whl
-export PYTHONPATH="/tmp/g2g-site:$PWD" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt" || true
-python3 experiments/bench/bench.py 2>&1 | tee "$out/bench.txt"
-train() {
-  local name=$1 t0=$SECONDS; shift
-  python3 -m g2g_jax.main --config=configs/fashion_mnist.py"$ROW" \
-    --workdir="/tmp/g2g-runs/$name" --config.data.dir="$carry" --config.progress=none "$@" \
-    > "$out/$name.log" 2>&1 || echo "$name FAILED"
-  echo "$name wall $((SECONDS - t0)) s" | tee -a "$out/walls.txt"
-  tail -n 1 "/tmp/g2g-runs/$name/metrics.jsonl" | tee -a "$out/runs.jsonl" || true
+exec > >(tee -a "$out/log.txt") 2>&1
+left() { echo $((budget - (SECONDS - start))); }
+stage() { echo; echo "=== $1 (at $((SECONDS - start)) s)"; }
+logs=/tmp/g2g-logs runs=/tmp/g2g-runs
+mkdir -p "$logs" "$runs"
+finish() {
+  tar -czf "$out/logs.tgz" -C /tmp g2g-logs $(cd /tmp && ls -d g2g-runs/*/metrics.jsonl 2>/dev/null) 2>/dev/null
+  echo "=== end (at $((SECONDS - start)) s)"
 }
-ROW='' train g2g_scan --config.loop=scan
-ROW='' train g2g_steps --config.loop=steps
-ROW='' train g2g_tiles_scan --config.loop=scan --config.connectivity.inter=tiles
-ROW=':fc_v2' train fc_v2_scan --config.loop=scan
-ROW='' train g2g_scan_4seeds --config.loop=scan --config.num_seeds=4
+trap finish EXIT
+
+stage 'setup'
+site=/tmp/g2g-site
+python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$carry"/whl/*.whl || exit 1
+export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+versions() {
+  python3 -c 'import jax, flax, optax, orbax.checkpoint as o, chex, numpy
+print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "orbax", o.__version__,
+      "chex", chex.__version__, "numpy", numpy.__version__, jax.devices())'
+}
+smoke() {
+  timeout 150 python3 -m g2g_jax.main --config=configs/smoke.py --workdir="$runs/smoke$1" --config.progress=none \
+    > "$logs/smoke$1.log" 2>&1
+}
+versions
+if ! smoke 1; then
+  tail -n 20 "$logs/smoke1.log"
+  echo 'smoke run failed with the machine own packages: trying the pinned wheels'
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$carry"/pinned/*.whl || exit 1
+  versions
+  smoke 2 || { tail -n 20 "$logs/smoke2.log"; echo 'smoke run failed again: stopping'; exit 1; }
+fi
+echo smoke ok
+
+stage 'bench.py'
+timeout 180 python3 experiments/bench/bench.py > "$logs/bench.txt" 2>&1
+cat "$logs/bench.txt" | grep -v '^I[0-9]'
+tail -n 1 "$logs/bench.txt" > "$out/bench.json"
+
+stage 'whole Fashion-MNIST runs, 30 epochs'
+train() {
+  local name=$1 row=$2 cap=$3 t0=$SECONDS; shift 3
+  timeout "$cap" python3 -m g2g_jax.main --config=configs/fashion_mnist.py"$row" --workdir="$runs/$name" \
+    --config.data.dir="$carry" --config.progress=none "$@" > "$logs/$name.log" 2>&1 || echo "$name FAILED"
+  echo "$name: wall $((SECONDS - t0)) s"
+}
+train g2g_scan '' 120 --config.loop=scan
+train g2g_steps '' 150 --config.loop=steps
+train g2g_scan_4seeds '' 150 --config.loop=scan --config.num_seeds=4
+train g2g_tiles_scan '' 120 --config.loop=scan --config.connectivity.inter=tiles
+train fc_v2_scan ':fc_v2' 120 --config.loop=scan
+rm -rf "$runs"/smoke*
+python3 experiments/bench/summarize_runs.py "$runs" | tee "$out/runs.txt"
+
+stage 'equality tests on the GPU'
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/tiles_test.py tests/train_test.py \
+  -k 'equal and not resumed' 2>&1 | tail -n 25
+
+stage "reproduction runs ($(left) s left)"
+results=/tmp/g2g-results
+mkdir -p "$results"
+cp experiments/results/fashion_mnist.jsonl "$results/"
+before=$(wc -l < "$results/fashion_mnist.jsonl")
+export XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_COMPILATION_CACHE_DIR=/tmp/g2g-jax-cache
+# Start no run later than ~70 s before the budget ends (a 20-epoch run takes well under that).
+stop=$(( $(left) - 70 ))
+if [ "$stop" -gt 0 ]; then
+  timeout $(( $(left) - 10 )) python3 experiments/reproduce/run.py dst p_sweep --dataset=fashion_mnist --seeds=3 --first_seed="${REPRO_FIRST_SEED:-0}" \
+    --jobs="${REPRO_JOBS:-8}" --stop_after="$stop" --timeout=300 --results_dir="$results" \
+    --work_root=/tmp/g2g-repro --set data.dir="$carry" > "$logs/reproduce.log" 2>&1
+  echo "run.py exit $?"
+  grep -E 'run\(s\)|final|failed|Error' "$logs/reproduce.log" | tail -n 80
+fi
+tail -n +$((before + 1)) "$results/fashion_mnist.jsonl" > "$out/fashion_mnist.jsonl"
+echo "$(wc -l < "$out/fashion_mnist.jsonl") new reproduction result(s)"
