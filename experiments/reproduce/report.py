@@ -118,11 +118,35 @@ def study_table(rows) -> list[str]:
       f'| {_pm([r["best_test_accuracy"] for r in recs])} | {int(np.mean([r["head_params"] for r in recs])):,} '
       f'| {100 * np.mean([r["sparsity"] for r in recs]):.2f} '
       f'| {np.mean([r["flops_per_example"] for r in recs]) / 1e6:.2f} '
-      f'| {_pm([r["train_seconds"] for r in recs], 1.0, 1)}{_busy_mark(recs)} '
-      f'| {np.mean([r["wall_seconds"] for r in recs]):.0f} '
-      f'| {np.mean([r["examples_per_sec"] for r in recs]):,.0f} |'
+      f'| {_timing(recs, _train_cell)} | {_timing(recs, _wall_cell)} | {_timing(recs, _rate_cell)} |'
     )
   return lines
+
+
+def _train_cell(recs) -> str:
+  return _pm([r['train_seconds'] for r in recs], 1.0, 1) + _busy_mark(recs)
+
+
+def _wall_cell(recs) -> str:
+  return f'{np.mean([r["wall_seconds"] for r in recs]):.0f}'
+
+
+def _rate_cell(recs) -> str:
+  return f'{np.mean([r["examples_per_sec"] for r in recs]):,.0f}'
+
+
+def _timing(recs, cell) -> str:
+  """A timing cell: the CPU runs' figure, then the GPU runs' one (never mixed into one mean)."""
+  by_backend = {}
+  for r in recs:
+    by_backend.setdefault(r['backend'], []).append(r)
+  parts = []
+  for backend in sorted(by_backend, key=lambda b: (b != 'cpu', b)):
+    rs = by_backend[backend]
+    label = '' if backend == 'cpu' else f'{backend.upper()} '
+    count = f' ({len(rs)})' if len(by_backend) > 1 else ''
+    parts.append(f'{label}{cell(rs)}{count}')
+  return '; '.join(parts)
 
 
 def comparison_table(study: str, rows) -> list[str]:
@@ -293,7 +317,9 @@ def build(results_dir: str, out_dir: str, figures: bool = True) -> str:
     'time (start-up, compilation, evaluation and checkpoints included); examples/s is over epochs 2 and on.',
     f'Timings: † marks an entry where other work used more than {BUSY_CORES} of a core on average during',
     "some seed's run (the runner measures it: `other_cores`), so its time is inflated; ‡ one where that was",
-    'not measured (runs from before the runner did). Accuracies do not depend on it.',
+    'not measured (runs from before the runner did). Accuracies do not depend on it. Where some seeds ran',
+    'on a GPU, a timing cell gives the CPU seeds\' figure, then "GPU" and the GPU seeds\' figure, with the',
+    'number of seeds of each in brackets; the two are never averaged together.',
     '',
     '## How to run',
     '',
