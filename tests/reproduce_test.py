@@ -112,3 +112,13 @@ def test_runner_rejects_bad_arguments_by_name(args, message, tmp_path):
   r = script('run.py', *args, f'--results_dir={tmp_path}')
   assert r.returncode == 2 and message in r.stderr, r.stderr
   assert not os.listdir(tmp_path)
+
+
+def test_commit_is_named_by_g2g_commit_when_set(monkeypatch):
+  import run  # noqa: PLC0415 (experiments/reproduce/run.py)
+
+  monkeypatch.delenv('G2G_COMMIT', raising=False)
+  here = run._commit()
+  assert here and here != 'unknown'  # this checkout's own commit
+  monkeypatch.setenv('G2G_COMMIT', 'abc1234')
+  assert run._commit() == 'abc1234'

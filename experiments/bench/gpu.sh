@@ -10,8 +10,9 @@
 # run), and the Fashion-MNIST IDX files. The GPU machine must already have jax (CUDA) and
 # the other dependencies; the project's lent H100 image has them.
 #
-# There, from the repository root (carry experiments/bench/.carry):
-#   bash experiments/bench/gpu.sh run OUT_DIR [SECONDS]
+# There, from the repository root (carry experiments/bench/.carry), with G2G_COMMIT set to
+# the commit the copy was made from (results lines name it; the copy's git metadata can be stale):
+#   G2G_COMMIT=<commit> bash experiments/bench/gpu.sh run OUT_DIR [SECONDS]
 # writes to OUT_DIR (at most 8 files): log.txt (everything printed), bench.json (the
 # benchmark's JSON line), runs.txt (the whole runs' summary), fashion_mnist.jsonl
 # (reproduction results lines), logs.tgz (every run's log and metrics). Stages:

@@ -49,29 +49,29 @@ _APPEND_LOCK = threading.Lock()
 
 
 def _append(path: str, record: dict):
-  with _APPEND_LOCK:  # runs that finish together (--jobs) write their lines one after another
-    _append_line(path, record)
-
-
-def _append_line(path: str, record: dict):
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'a') as f:  # one write per line: a crash never leaves half a record
+  # One write per line, under a lock (runs of --jobs finish together): a crash or a
+  # neighbour never leaves half a record.
+  with _APPEND_LOCK, open(path, 'a') as f:
     f.write(json.dumps(record, sort_keys=True) + '\n')
     f.flush()
     os.fsync(f.fileno())
 
 
 def _commit() -> str:
-  """The checkout's commit; G2G_COMMIT names it for a copy without git history (a GPU machine)."""
+  """The checkout's commit. G2G_COMMIT, when set, names it instead: for a copy of the tree
+  whose git metadata, if any, may not match its files (a lent GPU machine's copy)."""
+  if os.environ.get('G2G_COMMIT'):
+    return os.environ['G2G_COMMIT']
   try:
     out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=studies.ROOT, capture_output=True, text=True)
     dirty = subprocess.run(
       ['git', 'status', '--porcelain', 'g2g_jax', 'configs'], cwd=studies.ROOT, capture_output=True, text=True
     )
   except OSError:
-    out = None
-  if out is None or out.returncode != 0:
-    return os.environ.get('G2G_COMMIT', 'unknown')
+    return 'unknown'
+  if out.returncode != 0:
+    return 'unknown'
   return out.stdout.strip() + ('+dirty' if dirty.stdout.strip() else '')
 
 
