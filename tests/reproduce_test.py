@@ -122,3 +122,15 @@ def test_commit_is_named_by_g2g_commit_when_set(monkeypatch):
   assert here and here != 'unknown'  # this checkout's own commit
   monkeypatch.setenv('G2G_COMMIT', 'abc1234')
   assert run._commit() == 'abc1234'
+
+
+def test_report_keeps_cpu_and_gpu_timings_apart():
+  import report  # noqa: PLC0415 (experiments/reproduce/report.py)
+
+  def rec(backend, wall):
+    return {'backend': backend, 'wall_seconds': wall}
+
+  cpu_only = [rec('cpu', 100.0), rec('cpu', 120.0)]
+  assert report._timing(cpu_only, report._wall_cell) == '110'
+  mixed = [rec('gpu', 10.0), rec('cpu', 100.0), rec('gpu', 30.0)]
+  assert report._timing(mixed, report._wall_cell) == '100 (1); GPU 20 (2)'
