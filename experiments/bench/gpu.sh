@@ -5,7 +5,7 @@
 # Here (with network), from the repository root, once:
 #   bash experiments/bench/gpu.sh prepare
 # puts what the GPU machine lacks into experiments/bench/.carry/ (git-ignored, about
-# 34 MB): pure-Python wheels of ml_collections and tensorboardX, this project's pinned
+# 32 MB): pure-Python wheels of ml_collections and tensorboardX, this project's pinned
 # flax, optax, orbax-checkpoint and chex (used only if the machine's own fail the smoke
 # run), and the Fashion-MNIST IDX files. The GPU machine must already have jax (CUDA) and
 # the other dependencies; the project's lent H100 image has them.
@@ -72,7 +72,7 @@ smoke() {
 versions
 if ! smoke 1; then
   tail -n 20 "$logs/smoke1.log"
-  echo 'smoke run failed with the machine own packages: trying the pinned wheels'
+  echo "smoke run failed with the machine's own packages: trying the pinned wheels"
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$carry"/pinned/*.whl || exit 1
   versions
   smoke 2 || { tail -n 20 "$logs/smoke2.log"; echo 'smoke run failed again: stopping'; exit 1; }
@@ -81,7 +81,7 @@ echo smoke ok
 
 stage 'bench.py'
 timeout 180 python3 experiments/bench/bench.py > "$logs/bench.txt" 2>&1
-cat "$logs/bench.txt" | grep -v '^I[0-9]'
+grep -v '^I[0-9]' "$logs/bench.txt"
 tail -n 1 "$logs/bench.txt" > "$out/bench.json"
 
 stage 'whole Fashion-MNIST runs, 30 epochs'
