@@ -26,8 +26,9 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # int: the one seed of params, masks, shuffling and augmentation
   c.num_seeds = 1  # independent replicas trained in one program: seeds seed .. seed + num_seeds - 1
-  # How replicas share the program: 'vmap' (batched ops; for accelerators), 'unroll' (each
-  # replica's own ops, states kept apart; faster on a CPU), 'auto' (unroll on a CPU, else vmap).
+  # How replicas are computed: 'vmap' (batched ops; for accelerators), 'unroll' (each replica's
+  # own ops in one program, states kept apart), 'sequential' (one compiled step called once per
+  # replica; fastest on a CPU), 'auto' (sequential on a CPU, else vmap).
   c.seed_layout = 'auto'
   c.num_epochs = 30  # epochs: passes over the training set
   c.batch_size = 256  # examples per optimizer step, over all devices
@@ -42,6 +43,11 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   # stays on the device and one call runs up to log_every_steps steps (lax.scan); 'auto':
   # steps on a CPU (measured faster there), scan on GPU / TPU (launch-bound at these widths).
   c.loop = 'auto'
+  # Which library runs the matmuls XLA compiles for a CPU: 'xla' (XLA's own choice, YNNPACK
+  # in jaxlib 0.10), 'eigen' (YNNPACK's dots off, so Eigen runs them), 'auto' (eigen when a
+  # hidden layer is tiled, else xla: what measured fastest on a 2-core CPU, bench README).
+  # GPU and TPU ignore it.
+  c.cpu_dots = 'auto'
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'fashion_mnist'  # 'fashion_mnist' | 'cifar10' | 'cifar100' | 'synthetic'

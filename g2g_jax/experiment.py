@@ -17,7 +17,8 @@ from g2g_jax import models, optim, rewiring, tiles
 
 PROGRESS = ('auto', 'bar', 'lines', 'none')
 LOOPS = ('auto', 'steps', 'scan')
-SEED_LAYOUTS = ('auto', 'vmap', 'unroll')
+SEED_LAYOUTS = ('auto', 'vmap', 'unroll', 'sequential')
+CPU_DOTS = ('auto', 'xla', 'eigen')
 WIDTH_RULES = ('fixed', 'match_g2g_params')
 # Fields that may differ when a run is resumed: they change how it runs, not what it computes.
 RUNTIME_FIELDS = (
@@ -27,6 +28,7 @@ RUNTIME_FIELDS = (
   'num_devices',
   'loop',
   'seed_layout',
+  'cpu_dots',
   'data.dir',
   'data.tfds_data_dir',
   'data.download',
@@ -64,8 +66,9 @@ class Experiment:
   num_devices: int  # resolved: > 0
   progress: str
   num_seeds: int  # independent replicas trained together, seeds seed .. seed + num_seeds - 1
-  seed_layout: str  # 'auto' | 'vmap' | 'unroll'
+  seed_layout: str  # 'auto' | 'vmap' | 'unroll' | 'sequential'
   loop: str  # 'auto' | 'steps' | 'scan'
+  cpu_dots: str  # 'auto' | 'xla' | 'eigen'
   data: DataSpec
   model: models.G2GNet
   connectivity: conn.ConnectivitySpec
@@ -262,6 +265,7 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     num_devices=num_devices,
     progress=_choice(c, 'progress', PROGRESS),
     loop=_choice(c, 'loop', LOOPS),
+    cpu_dots=_choice(c, 'cpu_dots', CPU_DOTS),
     num_seeds=_int(c, 'num_seeds', 1),
     seed_layout=_choice(c, 'seed_layout', SEED_LAYOUTS),
     data=data,

@@ -33,6 +33,42 @@ _SHUFFLE_STREAM = 3
 CONFIG_FILE = 'config.json'
 
 
+# XLA's CPU library fusions minus its dots (jaxlib 0.10 fuses dots, convolutions and
+# reductions into YNNPACK by default): the compiled program is otherwise the same.
+_EIGEN_DOTS = {
+  'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE'
+}
+
+
+@functools.cache
+def _eigen_dots_supported() -> bool:
+  """Whether this jaxlib takes the option (it is experimental; others may not know it)."""
+  try:
+    jax.jit(lambda x: x @ x, compiler_options=_EIGEN_DOTS).lower(jnp.ones((2, 2))).compile()
+    return True
+  except Exception as e:  # noqa: BLE001  (an XLA error whose type differs between versions)
+    logging.warning(
+      "config.cpu_dots = 'eigen' needs %s, which this jaxlib refused (%s): using XLA's dots", _EIGEN_DOTS, e
+    )
+    return False
+
+
+def compiler_options(config_or_exp) -> dict[str, str] | None:
+  """The XLA options config.cpu_dots asks for: pass them to every jax.jit of the steps.
+
+  'auto' picks Eigen's dots when a hidden layer is tiled: on the project's 2-core CPU the
+  tiled step ran 11.0 ms with them against 14.2 ms with YNNPACK's, while dense and
+  masked layers ran slower with Eigen (29.0 ms against 26.3 ms). See the bench README.
+  None (XLA's defaults) off the CPU, or where the option is unknown.
+  """
+  exp = config_or_exp if isinstance(config_or_exp, Experiment) else _experiment(config_or_exp)
+  tiled = any(plan is not None for plan in exp.model.tile_plans)
+  eigen = exp.cpu_dots == 'eigen' or (exp.cpu_dots == 'auto' and tiled)
+  if not eigen or jax.default_backend() != 'cpu' or not _eigen_dots_supported():
+    return None
+  return dict(_EIGEN_DOTS)
+
+
 def make_mesh(num_devices: int = 0) -> Mesh:
   """A 1-D mesh over the first `num_devices` devices (0 = all), axis 'data'."""
   devices = jax.devices()[: num_devices or None]
@@ -339,12 +375,31 @@ def _per_seed(name: str, values) -> dict:
   return {name: float(values.mean()), f'{name}_std': float(values.std(ddof=1)), f'{name}_per_seed': values.tolist()}
 
 
+def _pick(args: tuple, in_axes, k: int) -> list:
+  """Replica k's arguments: entry k of a tuple or of axis 0 where in_axes is 0, else the argument."""
+  axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+  return [
+    (a[k] if isinstance(a, tuple) else jax.tree.map(lambda x: x[k], a)) if axis == 0 else a
+    for a, axis in zip(args, axes, strict=True)
+  ]
+
+
+def _combine(outs: list):
+  """Per-replica outputs -> train states as a tuple, everything else stacked on axis 0."""
+  if isinstance(outs[0], TrainState):
+    return tuple(outs)
+  if isinstance(outs[0], tuple):
+    return tuple(_combine([o[i] for o in outs]) for i in range(len(outs[0])))
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
 class _Loop:
   """The training loop's fixed context: data, schedule, jitted functions, writers.
 
   With config.num_seeds > 1 every step, evaluation and mask update runs over all
-  replicas (see over_seeds): vmapped over a leading seed axis of the train state, or
-  unrolled over a tuple of states. One seed runs on the unstacked state.
+  replicas (see over_seeds and jit): vmapped over a leading seed axis of the train state,
+  or over a tuple of states, unrolled in one program or one program per replica. One
+  seed runs on the unstacked state.
   """
 
   def __init__(self, exp: Experiment, workdir: str, dataset: data_lib.Dataset, mesh: Mesh, replicas: list):
@@ -358,8 +413,18 @@ class _Loop:
     self.total_steps = self.steps_per_epoch * exp.num_epochs
     cpu = jax.default_backend() == 'cpu'
     self.loop = exp.loop if exp.loop != 'auto' else ('steps' if cpu else 'scan')
-    layout = exp.seed_layout if exp.seed_layout != 'auto' else ('unroll' if cpu else 'vmap')
-    self.unrolled = self.num_seeds > 1 and layout == 'unroll'
+    layout = exp.seed_layout if exp.seed_layout != 'auto' else ('sequential' if cpu else 'vmap')
+    # 'unroll' and 'sequential' keep the replicas' states apart, as a tuple.
+    self.split = self.num_seeds > 1 and layout in ('unroll', 'sequential')
+    self.sequential = self.num_seeds > 1 and layout == 'sequential'
+    self.options = compiler_options(exp)
+    logging.info(
+      'loop: %s; %d seed(s)%s; dots: %s',
+      self.loop,
+      self.num_seeds,
+      f' ({layout})' if self.num_seeds > 1 else '',
+      ('Eigen (config.cpu_dots)' if self.options else "XLA's default") if cpu else "the backend's",
+    )
     active = [rewiring.count_active(st.masks) for st in replicas]
     self.rewire = dataclasses.replace(
       exp.rewiring,
@@ -370,39 +435,45 @@ class _Loop:
     self.writer: metrics_lib.MetricWriter | None = None
 
   def over_seeds(self, fn, in_axes=0):
-    """fn over every replica: vmapped over the seed axis, or unrolled in one program.
+    """fn over every replica, as one traceable function: vmapped over the seed axis, or unrolled.
 
-    One seed: fn itself, on the unstacked state. seed_layout 'unroll' keeps the states as
-    a tuple and calls fn once per replica inside the same jitted program: each replica's
-    matmuls stay plain (vmapped ones run slower on a CPU) and nothing is restacked.
-    Outputs: train states stay a tuple, everything else is stacked on axis 0.
+    One seed: fn itself, on the unstacked state. seed_layout 'unroll' (and 'sequential',
+    whose compiled form is in `jit`) keeps the states as a tuple and calls fn once per
+    replica: each replica's matmuls stay plain (vmapped ones run slower on a CPU) and
+    nothing is restacked. Outputs: train states stay a tuple, the rest is stacked on axis 0.
     """
     if self.num_seeds == 1:
       return fn
-    if not self.unrolled:
+    if not self.split:
       return jax.vmap(fn, in_axes=in_axes)
-    axes = in_axes if isinstance(in_axes, tuple) else None
-
-    def pick(arg, k):
-      return arg[k] if isinstance(arg, tuple) else jax.tree.map(lambda x: x[k], arg)
-
-    def combine(outs):
-      if isinstance(outs[0], TrainState):
-        return tuple(outs)
-      if isinstance(outs[0], tuple):
-        return tuple(combine([o[i] for o in outs]) for i in range(len(outs[0])))
-      return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
     def unrolled(*args):
-      ax = axes or (0,) * len(args)
-      return combine(
-        [fn(*[pick(a, k) if x == 0 else a for a, x in zip(args, ax, strict=True)]) for k in range(self.num_seeds)]
-      )
+      return _combine([fn(*_pick(args, in_axes, k)) for k in range(self.num_seeds)])
 
     return unrolled
 
+  def jit(self, fn, in_axes=0, donate: bool = False, example_args=None):
+    """over_seeds(fn), compiled with the run's compiler options (ahead, given example_args).
+
+    seed_layout 'sequential' compiles fn for one replica and calls it once per replica:
+    S programs one after another rather than one program of S, so XLA:CPU runs no two
+    replicas' matmuls at once on the same cores.
+    """
+    kw = {'donate_argnums': 0 if donate else (), 'compiler_options': self.options}
+    if not self.sequential:
+      f = jax.jit(self.over_seeds(fn, in_axes), **kw)
+      return f if example_args is None else f.lower(*example_args).compile()
+    f = jax.jit(fn, **kw)
+    if example_args is not None:
+      f = f.lower(*_pick(example_args, in_axes, 0)).compile()
+
+    def sequential(*args):
+      return _combine([f(*_pick(args, in_axes, k)) for k in range(self.num_seeds)])
+
+    return sequential
+
   def keys(self, states) -> jax.Array:
-    return jnp.stack([st.key for st in states]) if self.unrolled else states.key
+    return jnp.stack([st.key for st in states]) if self.split else states.key
 
   def unstack(self, x: np.ndarray) -> np.ndarray:
     """Drops the seed axis of host data (axis 0) for one seed."""
@@ -428,7 +499,7 @@ class _Loop:
     return jax.device_put(stacked, self.rewire_batch_sharding if self.num_seeds > 1 else self.seeds_batch_sharding)
 
   def save(self, step, states, best, sums):
-    states = stack_states(list(states)) if self.unrolled else states  # one format for every layout
+    states = stack_states(list(states)) if self.split else states  # one format for every layout
     self.checkpoints.save(step, states, {'best_test_accuracy': list(best), 'epoch_sums': sums.to_meta()})
 
   def make_chunk_runner(self):
@@ -436,14 +507,21 @@ class _Loop:
     exp = self.exp
     step_fn = functools.partial(train_step, augment=exp.data.augment, crop_padding=exp.data.crop_padding)
     if self.loop == 'steps':
-      train_fn = jax.jit(self.over_seeds(step_fn), donate_argnums=0)
+      train_fn = self.jit(step_fn, donate=True)
       sharding = self.seeds_batch_sharding if self.num_seeds > 1 else self.batch_sharding
+
+      def put(batch):
+        if self.sequential:  # each replica's batch on its own: nothing to slice on the device
+          return tuple(
+            jax.device_put({k: v[r] for k, v in batch.items()}, self.batch_sharding) for r in range(self.num_seeds)
+          )
+        return jax.device_put(batch, sharding)
 
       def run(states, epoch, position, n):
         metrics = []
         for i in range(n):
           step = epoch * self.steps_per_epoch + position + i + 1
-          states, m = train_fn(states, jax.device_put(self.batch_for(step), sharding))
+          states, m = train_fn(states, put(self.batch_for(step)))
           metrics.append(m)
         return states, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
 
@@ -457,7 +535,7 @@ class _Loop:
       augment=exp.data.augment,
       crop_padding=exp.data.crop_padding,
     )
-    chunk_fn = jax.jit(self.over_seeds(chunk, in_axes=(0, None, 0, None, None)), donate_argnums=0)
+    chunk_fn = self.jit(chunk, in_axes=(0, None, 0, None, None), donate=True)
     data = jax.device_put({'image': self.dataset.train_images, 'label': self.dataset.train_labels}, self.replicated)
     perms = {}
 
@@ -482,7 +560,7 @@ class _Loop:
       )
     step = int(np.ravel(states.step)[0])
     self.writer.truncate_after(step)
-    if self.unrolled:
+    if self.split:
       states = tuple(replica(states, k) for k in range(seeds))
     if step >= self.total_steps:
       logging.info('run already finished (step %d of %d): nothing to train', step, self.total_steps)
@@ -490,17 +568,16 @@ class _Loop:
       return evals[-1] if evals else {'step': step}
 
     run_chunk = self.make_chunk_runner()
-    eval_fn = jax.jit(self.over_seeds(eval_step, in_axes=(0, None)))
+    eval_fn = self.jit(eval_step, in_axes=(0, None))
     rewire_keys = self.over_seeds(jax.random.fold_in, in_axes=(0, None))(self.keys(states), _REWIRE_STREAM)
     step_keys = jax.jit(self.over_seeds(jax.random.fold_in, in_axes=(0, None)))
     rewire_fn = None
     if self.rewire.enabled:  # compiled ahead, so the updates' time share is their run time
       t0 = time.perf_counter()
-      update = self.over_seeds(functools.partial(rewiring.update_masks, cfg=self.rewire))
-      rewire_fn = (
-        jax.jit(update, donate_argnums=0)
-        .lower(states, self.rewire_batches(max(step, self.rewire.hebbian_batches)), rewire_keys)
-        .compile()
+      rewire_fn = self.jit(
+        functools.partial(rewiring.update_masks, cfg=self.rewire),
+        donate=True,
+        example_args=(states, self.rewire_batches(max(step, self.rewire.hebbian_batches)), rewire_keys),
       )
       logging.info('rewiring: %s; update_masks compiled in %.2fs', self.rewire_summary(), time.perf_counter() - t0)
     progress = metrics_lib.Progress(exp.progress)

@@ -24,6 +24,7 @@ BAD = [
   ('num_epochs', 0, 'config.num_epochs = 0: must be an integer >= 1'),
   ('num_devices', 9, 'config.num_devices = 9: must be an integer in [0, 4]'),
   ('data.augment', 'mixup', "config.data.augment = 'mixup': must be one of 'auto', 'none', 'crop_flip'"),
+  ('cpu_dots', 'mkl', "config.cpu_dots = 'mkl': must be one of 'auto', 'xla', 'eigen'"),
 ]
 
 

@@ -1,3 +1,5 @@
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -159,3 +161,38 @@ def test_smoke_run_on_tiles_with_rewiring(smoke_config, tmp_path):
     m0, m1 = initial.masks['head'][f'hidden_{k}']['kernel'], final.masks['head'][f'hidden_{k}']['kernel']
     assert m0.ndim == 4 and int(m0.sum()) == int(m1.sum()) and bool(jnp.any(m0 != m1))
     assert bool(jnp.all(jnp.where(m1, 0.0, final.params['head'][f'hidden_{k}']['kernel']) == 0))
+
+
+def _ynn_dots(compiled_text: str) -> int:
+  """How many of a compiled CPU program's dots XLA handed to YNNPACK."""
+  return sum('ynn_fusion' in line and 'dot_general' in line for line in compiled_text.splitlines())
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='config.cpu_dots is about XLA:CPU')
+def test_cpu_dots_gives_tiled_layers_eigen_dots_and_changes_only_rounding(smoke_config):
+  masked = smoke_config.copy_and_resolve_references()
+  tiled = tiles_config(smoke_config)
+  assert train.compiler_options(masked) is None  # 'auto': XLA's own dots for dense / masked layers
+  options = train.compiler_options(tiled)
+  if options is None:
+    pytest.skip("this jaxlib refused the option: 'eigen' falls back to XLA's dots (logged)")
+  tiled.cpu_dots = 'xla'
+  assert train.compiler_options(tiled) is None
+  masked.cpu_dots = 'eigen'
+  assert train.compiler_options(masked) == options
+
+  step = functools.partial(train.train_step, augment='none', crop_padding=0)
+  batch = {'image': np.full((32, 28, 28, 1), 7, np.uint8), 'label': np.arange(32, dtype=np.int32) % 10}
+  batch['image'][::3] = 200
+  results = {}
+  for name, opts in (('xla', None), ('eigen', options)):
+    state = train.make_train_state(tiled)
+    jitted = jax.jit(step, compiler_options=opts)
+    results[name] = (_ynn_dots(jitted.lower(state, batch).compile().as_text()), *jitted(state, batch))
+  ynn_xla, state_xla, m_xla = results['xla']
+  ynn_eigen, state_eigen, m_eigen = results['eigen']
+  assert ynn_eigen == 0  # no dot left to YNNPACK
+  if ynn_xla == 0:
+    pytest.skip('this jaxlib hands no dot to YNNPACK anyway: nothing to compare')
+  np.testing.assert_allclose(m_eigen['loss'], m_xla['loss'], rtol=1e-6)
+  chex.assert_trees_all_close(state_eigen.params, state_xla.params, rtol=1e-5, atol=1e-7)

@@ -206,20 +206,23 @@ def test_seed_replicas_equal_single_runs(smoke_config, tmp_path):
   smoke_config.rewiring.grow = 'random'
   smoke_config.rewiring.rewire_every_steps = 6
   smoke_config.connectivity.grouping = 'random'  # groups, masks, shuffles all differ by seed
+  smoke_config.loop = 'steps'
   singles, alone = [], []
   for k in (0, 1):
     smoke_config.seed = k
     alone.append(train.train_and_evaluate(smoke_config, str(tmp_path / f'seed{k}')))
     singles.append(final_state(smoke_config, str(tmp_path / f'seed{k}')))
   smoke_config.seed, smoke_config.num_seeds = 0, 2
-  for layout in ('vmap', 'unroll'):
-    smoke_config.seed_layout = layout
-    together = train.train_and_evaluate(smoke_config, str(tmp_path / layout))
-    stacked = final_states(smoke_config, str(tmp_path / layout))
+  for layout, loop in (('vmap', 'steps'), ('unroll', 'steps'), ('sequential', 'steps'), ('sequential', 'scan')):
+    smoke_config.seed_layout, smoke_config.loop = layout, loop
+    together = train.train_and_evaluate(smoke_config, str(tmp_path / f'{layout}_{loop}'))
+    stacked = final_states(smoke_config, str(tmp_path / f'{layout}_{loop}'))
     for k in (0, 1):
       replica = train.replica(stacked, k)
       chex.assert_trees_all_equal(replica.masks, singles[k].masks)
       chex.assert_trees_all_close(replica.params, singles[k].params, atol=1e-5, rtol=1e-5)
+      if (layout, loop) == ('sequential', 'steps'):  # the single run's own program, replica by replica
+        chex.assert_trees_all_equal(replica.params, singles[k].params)
       assert together['test_accuracy_per_seed'][k] == pytest.approx(alone[k]['test_accuracy'], abs=1e-6)
     assert together['num_seeds'] == 2
     assert together['test_accuracy'] == pytest.approx(np.mean(together['test_accuracy_per_seed']))
