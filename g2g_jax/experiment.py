@@ -13,12 +13,11 @@ import ml_collections
 
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
-from g2g_jax import models, optim, rewiring, tiles
+from g2g_jax import models, optim, rewiring, tiles, xla_cpu
 
 PROGRESS = ('auto', 'bar', 'lines', 'none')
 LOOPS = ('auto', 'steps', 'scan')
 SEED_LAYOUTS = ('auto', 'vmap', 'unroll', 'sequential')
-CPU_DOTS = ('auto', 'xla', 'eigen')
 WIDTH_RULES = ('fixed', 'match_g2g_params')
 # Fields that may differ when a run is resumed: they change how it runs, not what it computes.
 RUNTIME_FIELDS = (
@@ -69,6 +68,7 @@ class Experiment:
   seed_layout: str  # 'auto' | 'vmap' | 'unroll' | 'sequential'
   loop: str  # 'auto' | 'steps' | 'scan'
   cpu_dots: str  # 'auto' | 'xla' | 'eigen'
+  eigen_dots: bool  # cpu_dots resolved on this backend: compile with Eigen's matmuls (xla_cpu.py)
   data: DataSpec
   model: models.G2GNet
   connectivity: conn.ConnectivitySpec
@@ -193,6 +193,8 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     _divisible('model.patch_grid**2 * model.patch_channels (the feature count)', num_features, spec.num_groups, what)
     if width_rule == 'fixed':
       _divisible('model.hidden_width', hidden_width, spec.num_groups, what)
+  cpu_dots = _choice(c, 'cpu_dots', xla_cpu.CPU_DOTS)
+  eigen_dots = xla_cpu.use_eigen_dots(cpu_dots, tiled=spec.inter == 'tiles')
   tile_plans = ()
   if spec.inter == 'tiles':
     if kind != 'g2g':
@@ -203,7 +205,7 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
       if why:
         _fail('connectivity.tile_size', spec.tile_size, f'does not tile hidden_{k}: {why}')
     tile_plans = tuple(
-      tiles.plan_layer(n_in, n_out, k, spec, seed)
+      tiles.plan_layer(n_in, n_out, k, spec, seed, slot_dots=eigen_dots)
       for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
     )
   model = models.G2GNet(
@@ -265,7 +267,8 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     num_devices=num_devices,
     progress=_choice(c, 'progress', PROGRESS),
     loop=_choice(c, 'loop', LOOPS),
-    cpu_dots=_choice(c, 'cpu_dots', CPU_DOTS),
+    cpu_dots=cpu_dots,
+    eigen_dots=eigen_dots,
     num_seeds=_int(c, 'num_seeds', 1),
     seed_layout=_choice(c, 'seed_layout', SEED_LAYOUTS),
     data=data,

@@ -25,7 +25,7 @@ from g2g_jax import checkpoint as ckpt_lib
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
 from g2g_jax import metrics as metrics_lib
-from g2g_jax import optim, rewiring, tiles
+from g2g_jax import optim, rewiring, tiles, xla_cpu
 from g2g_jax.experiment import ConfigError, Experiment, config_differences, parse_config
 from g2g_jax.state import TrainState, apply_masks
 
@@ -33,40 +33,11 @@ _SHUFFLE_STREAM = 3
 CONFIG_FILE = 'config.json'
 
 
-# XLA's CPU library fusions minus its dots (jaxlib 0.10 fuses dots, convolutions and
-# reductions into YNNPACK by default): the compiled program is otherwise the same.
-_EIGEN_DOTS = {
-  'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE'
-}
-
-
-@functools.cache
-def _eigen_dots_supported() -> bool:
-  """Whether this jaxlib takes the option (it is experimental; others may not know it)."""
-  try:
-    jax.jit(lambda x: x @ x, compiler_options=_EIGEN_DOTS).lower(jnp.ones((2, 2))).compile()
-    return True
-  except Exception as e:  # noqa: BLE001  (an XLA error whose type differs between versions)
-    logging.warning(
-      "config.cpu_dots = 'eigen' needs %s, which this jaxlib refused (%s): using XLA's dots", _EIGEN_DOTS, e
-    )
-    return False
-
-
 def compiler_options(config_or_exp) -> dict[str, str] | None:
-  """The XLA options config.cpu_dots asks for: pass them to every jax.jit of the steps.
-
-  'auto' picks Eigen's dots when a hidden layer is tiled: on the project's 2-core CPU the
-  tiled step ran 11.0 ms with them against 14.2 ms with YNNPACK's, while dense and
-  masked layers ran slower with Eigen (29.0 ms against 26.3 ms). See the bench README.
-  None (XLA's defaults) off the CPU, or where the option is unknown.
-  """
+  """The XLA options config.cpu_dots asks for on this backend: pass them to every jax.jit of
+  the steps (None: XLA's defaults). See g2g_jax/xla_cpu.py."""
   exp = config_or_exp if isinstance(config_or_exp, Experiment) else _experiment(config_or_exp)
-  tiled = any(plan is not None for plan in exp.model.tile_plans)
-  eigen = exp.cpu_dots == 'eigen' or (exp.cpu_dots == 'auto' and tiled)
-  if not eigen or jax.default_backend() != 'cpu' or not _eigen_dots_supported():
-    return None
-  return dict(_EIGEN_DOTS)
+  return xla_cpu.compiler_options(exp.eigen_dots)
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

@@ -1,4 +1,5 @@
 import functools
+import re
 
 import chex
 import jax
@@ -65,11 +66,13 @@ def test_density_matches_the_bernoulli_layer_up_to_rounding():
   assert half[:, :, 4:].mean() == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.parametrize('slot_dots', [False, True])
 @pytest.mark.parametrize('grouping', ['index', 'mixer', 'random'])
-def test_tiled_layer_equals_masked_dense_layer(grouping):
+def test_tiled_layer_equals_masked_dense_layer(grouping, slot_dots):
   s = spec(grouping=grouping, p_intra=0.8, tile_density=0.7)
   sizes = [32, 64, 64]
-  plans = tuple(tiles.plan_layer(a, b, k, s, 0) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)))
+  pairs = enumerate(zip(sizes[:-1], sizes[1:], strict=True))
+  plans = tuple(tiles.plan_layer(a, b, k, s, 0, slot_dots=slot_dots) for k, (a, b) in pairs)
   # Layer 1 exercises each way of putting neurons in group order (the mixer's odd layers
   # are interleaved: a transpose; random groups need a gather).
   expected = {'index': 'none', 'mixer': 'interleave', 'random': 'gather'}[grouping]
@@ -105,9 +108,11 @@ def test_tiled_layer_equals_masked_dense_layer(grouping):
   np.testing.assert_allclose(tiles.to_dense(blocks, layout['hidden_0'], 32, 64)[present0], np.asarray(score)[present0])
 
 
-def test_moving_tiles_changes_an_index_array_without_retrace():
+@pytest.mark.parametrize('slot_dots', [False, True])
+def test_moving_tiles_changes_an_index_array_without_retrace(slot_dots):
   s = spec(p_inter=0.5)
-  plan = tiles.plan_layer(32, 32, 0, s, 0)
+  plan = tiles.plan_layer(32, 32, 0, s, 0, slot_dots=slot_dots)
+  chex.clear_trace_counter()  # count this case's traces only
   model = MLPHead((32,), 3, tile_plans=(plan,))
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32))
   v = model.init(jax.random.PRNGKey(0), x)
@@ -165,7 +170,8 @@ def test_smoke_run_on_tiles_with_rewiring(smoke_config, tmp_path):
 
 def _ynn_dots(compiled_text: str) -> int:
   """How many of a compiled CPU program's dots XLA handed to YNNPACK."""
-  return sum('ynn_fusion' in line and 'dot_general' in line for line in compiled_text.splitlines())
+  fusion = re.compile(r'^\s*(ROOT )?%ynn_fusion[\w.]* = .*op_name="[^"]*dot_general')
+  return sum(bool(fusion.match(line)) for line in compiled_text.splitlines())
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='config.cpu_dots is about XLA:CPU')
@@ -176,8 +182,11 @@ def test_cpu_dots_gives_tiled_layers_eigen_dots_and_changes_only_rounding(smoke_
   options = train.compiler_options(tiled)
   if options is None:
     pytest.skip("this jaxlib refused the option: 'eigen' falls back to XLA's dots (logged)")
+  assert all(plan.slot_dots for plan in parse_config(tiled, 4).model.tile_plans)  # the matmuls Eigen runs best
   tiled.cpu_dots = 'xla'
   assert train.compiler_options(tiled) is None
+  assert not any(plan.slot_dots for plan in parse_config(tiled, 4).model.tile_plans)
+  tiled.cpu_dots = 'auto'
   masked.cpu_dots = 'eigen'
   assert train.compiler_options(masked) == options
 
