@@ -205,7 +205,7 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
       if why:
         _fail('connectivity.tile_size', spec.tile_size, f'does not tile hidden_{k}: {why}')
     tile_plans = tuple(
-      tiles.plan_layer(n_in, n_out, k, spec, seed, slot_dots=eigen_dots)
+      tiles.plan_layer(n_in, n_out, k, spec, seed)
       for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
     )
   model = models.G2GNet(

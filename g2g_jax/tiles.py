@@ -50,11 +50,6 @@ class TilePlan:
   # 'gather' (any other grouping: a gather by the layout's in_order / out_order).
   permute_in: str
   permute_out: str
-  # How present tiles are multiplied: False, one batched matmul over all K slots of the
-  # gathered [B, C, K, T] tiles; True, one batched matmul per slot on group-major
-  # [R, B, T] activations (no relayout of the gathered tiles: faster with Eigen's
-  # matmuls on a CPU, slower with YNNPACK's).
-  slot_dots: bool = False
 
 
 def _permute_kind(groups: np.ndarray, num_groups: int) -> str:
@@ -73,15 +68,13 @@ def tile_sides(n_in: int, n_out: int, num_groups: int, tile_size: int) -> tuple[
   return tile_size, tile_size
 
 
-def plan_layer(
-  n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, seed: int, slot_dots: bool = False
-) -> TilePlan:
+def plan_layer(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, seed: int) -> TilePlan:
   g = spec.num_groups
   t_in, t_out = tile_sides(n_in, n_out, g, spec.tile_size)
   s_in = n_in // g // t_in
   k_inter = min(int(round(spec.p_inter * (g - 1) * s_in / spec.tile_density)), (g - 1) * s_in)
   g_in, g_out = conn.layer_groups(n_in, n_out, layer, spec, seed)
-  return TilePlan(t_in, t_out, s_in + k_inter, s_in, _permute_kind(g_in, g), _permute_kind(g_out, g), slot_dots)
+  return TilePlan(t_in, t_out, s_in + k_inter, s_in, _permute_kind(g_in, g), _permute_kind(g_out, g))
 
 
 def check_sizes(n_in: int, n_out: int, num_groups: int, tile_size: int) -> str | None:
@@ -180,26 +173,6 @@ def _gather_bwd(res, g_BxCxKxT):
 gather_tiles.defvjp(_gather_fwd, _gather_bwd)
 
 
-@jax.custom_vjp
-def gather_slots(x_RxBxT: jax.Array, idx: jax.Array, rev: jax.Array) -> jax.Array:
-  """[K, C, B, T]: gather_tiles for group-major activations, slot-major (each [B, T] contiguous)."""
-  return jnp.take(x_RxBxT, idx.T, axis=0)
-
-
-def _slots_fwd(x, idx, rev):
-  return gather_slots(x, idx, rev), (idx, rev)
-
-
-def _slots_bwd(res, g_KxCxBxT):
-  _, rev = res
-  k, c, b, t = g_KxCxBxT.shape
-  slot_major = (rev % k) * c + rev // k  # rev lists slots c * K + k; here they lie at k * C + c
-  return jnp.take(g_KxCxBxT.reshape(k * c, b, t), slot_major, axis=0).sum(axis=1), None, None
-
-
-gather_slots.defvjp(_slots_fwd, _slots_bwd)
-
-
 def permute(x: jax.Array, order: jax.Array, inverse: jax.Array) -> jax.Array:
   """x[:, order] for a permutation: gather_tiles with one-neuron tiles, so the backward
   pass is a gather by `inverse`, not a scatter."""
@@ -258,13 +231,8 @@ class TiledDense(nn.Module):
       x = interleave(x, n_in // num_groups)
     elif self.plan.permute_in == 'gather':
       x = permute(x, in_order, in_inverse)
-    if self.plan.slot_dots:
-      tiles = gather_slots(x.reshape(b, r_tiles, t_in).transpose(1, 0, 2), idx, rev)  # [K, C, B, T]
-      y = sum(jnp.einsum('cbt,cst->cbs', tiles[j], kernel[:, :, j]) for j in range(k))
-      y = y.transpose(1, 0, 2).reshape(b, self.features)
-    else:
-      tiles = gather_tiles(x.reshape(b, r_tiles, t_in), idx, rev)
-      y = jnp.einsum('bckt,cskt->bcs', tiles, kernel).reshape(b, self.features)
+    tiles = gather_tiles(x.reshape(b, r_tiles, t_in), idx, rev)
+    y = jnp.einsum('bckt,cskt->bcs', tiles, kernel).reshape(b, self.features)
     if self.plan.permute_out == 'interleave':
       y = interleave(y, num_groups)
     elif self.plan.permute_out == 'gather':

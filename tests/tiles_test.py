@@ -66,13 +66,11 @@ def test_density_matches_the_bernoulli_layer_up_to_rounding():
   assert half[:, :, 4:].mean() == pytest.approx(0.5, abs=0.01)
 
 
-@pytest.mark.parametrize('slot_dots', [False, True])
 @pytest.mark.parametrize('grouping', ['index', 'mixer', 'random'])
-def test_tiled_layer_equals_masked_dense_layer(grouping, slot_dots):
+def test_tiled_layer_equals_masked_dense_layer(grouping):
   s = spec(grouping=grouping, p_intra=0.8, tile_density=0.7)
   sizes = [32, 64, 64]
-  pairs = enumerate(zip(sizes[:-1], sizes[1:], strict=True))
-  plans = tuple(tiles.plan_layer(a, b, k, s, 0, slot_dots=slot_dots) for k, (a, b) in pairs)
+  plans = tuple(tiles.plan_layer(a, b, k, s, 0) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)))
   # Layer 1 exercises each way of putting neurons in group order (the mixer's odd layers
   # are interleaved: a transpose; random groups need a gather).
   expected = {'index': 'none', 'mixer': 'interleave', 'random': 'gather'}[grouping]
@@ -108,11 +106,9 @@ def test_tiled_layer_equals_masked_dense_layer(grouping, slot_dots):
   np.testing.assert_allclose(tiles.to_dense(blocks, layout['hidden_0'], 32, 64)[present0], np.asarray(score)[present0])
 
 
-@pytest.mark.parametrize('slot_dots', [False, True])
-def test_moving_tiles_changes_an_index_array_without_retrace(slot_dots):
+def test_moving_tiles_changes_an_index_array_without_retrace():
   s = spec(p_inter=0.5)
-  plan = tiles.plan_layer(32, 32, 0, s, 0, slot_dots=slot_dots)
-  chex.clear_trace_counter()  # count this case's traces only
+  plan = tiles.plan_layer(32, 32, 0, s, 0)
   model = MLPHead((32,), 3, tile_plans=(plan,))
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32))
   v = model.init(jax.random.PRNGKey(0), x)
@@ -182,11 +178,8 @@ def test_cpu_dots_gives_tiled_layers_eigen_dots_and_changes_only_rounding(smoke_
   options = train.compiler_options(tiled)
   if options is None:
     pytest.skip("this jaxlib refused the option: 'eigen' falls back to XLA's dots (logged)")
-  assert all(plan.slot_dots for plan in parse_config(tiled, 4).model.tile_plans)  # the matmuls Eigen runs best
   tiled.cpu_dots = 'xla'
   assert train.compiler_options(tiled) is None
-  assert not any(plan.slot_dots for plan in parse_config(tiled, 4).model.tile_plans)
-  tiled.cpu_dots = 'auto'
   masked.cpu_dots = 'eigen'
   assert train.compiler_options(masked) == options
 
