@@ -6,7 +6,15 @@ from g2g_jax.experiment import ConfigError, Experiment, parse_config
 from g2g_jax.models import G2GNet
 from g2g_jax.rewiring import RewireSpec, count_active, update_masks
 from g2g_jax.state import TrainState
-from g2g_jax.train import eval_step, make_train_state, make_train_states, replica, train_and_evaluate, train_step
+from g2g_jax.train import (
+  compiler_options,
+  eval_step,
+  make_train_state,
+  make_train_states,
+  replica,
+  train_and_evaluate,
+  train_step,
+)
 
 __all__ = [
   'ConfigError',
@@ -16,6 +24,7 @@ __all__ = [
   'RewireSpec',
   'TrainState',
   'accounting',
+  'compiler_options',
   'count_active',
   'eval_step',
   'load_dataset',
