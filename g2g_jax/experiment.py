@@ -67,8 +67,7 @@ class Experiment:
   num_seeds: int  # independent replicas trained together, seeds seed .. seed + num_seeds - 1
   seed_layout: str  # 'auto' | 'vmap' | 'unroll' | 'sequential'
   loop: str  # 'auto' | 'steps' | 'scan'
-  cpu_dots: str  # 'auto' | 'xla' | 'eigen'
-  eigen_dots: bool  # cpu_dots resolved on this backend: compile with Eigen's matmuls (xla_cpu.py)
+  cpu_dots: str  # 'auto' | 'xla' | 'eigen' (resolved on the backend by xla_cpu.use_eigen_dots)
   data: DataSpec
   model: models.G2GNet
   connectivity: conn.ConnectivitySpec
@@ -193,8 +192,6 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     _divisible('model.patch_grid**2 * model.patch_channels (the feature count)', num_features, spec.num_groups, what)
     if width_rule == 'fixed':
       _divisible('model.hidden_width', hidden_width, spec.num_groups, what)
-  cpu_dots = _choice(c, 'cpu_dots', xla_cpu.CPU_DOTS)
-  eigen_dots = xla_cpu.use_eigen_dots(cpu_dots, tiled=spec.inter == 'tiles')
   tile_plans = ()
   if spec.inter == 'tiles':
     if kind != 'g2g':
@@ -267,8 +264,7 @@ def parse_config(config: ml_collections.ConfigDict, num_available_devices: int) 
     num_devices=num_devices,
     progress=_choice(c, 'progress', PROGRESS),
     loop=_choice(c, 'loop', LOOPS),
-    cpu_dots=cpu_dots,
-    eigen_dots=eigen_dots,
+    cpu_dots=_choice(c, 'cpu_dots', xla_cpu.CPU_DOTS),
     num_seeds=_int(c, 'num_seeds', 1),
     seed_layout=_choice(c, 'seed_layout', SEED_LAYOUTS),
     data=data,

@@ -36,8 +36,8 @@ CONFIG_FILE = 'config.json'
 def compiler_options(config_or_exp) -> dict[str, str] | None:
   """The XLA options config.cpu_dots asks for on this backend: pass them to every jax.jit of
   the steps (None: XLA's defaults). See g2g_jax/xla_cpu.py."""
-  exp = config_or_exp if isinstance(config_or_exp, Experiment) else _experiment(config_or_exp)
-  return xla_cpu.compiler_options(exp.eigen_dots)
+  exp = _experiment(config_or_exp)
+  return xla_cpu.compiler_options(xla_cpu.use_eigen_dots(exp.cpu_dots, tiled=exp.connectivity.inter == 'tiles'))
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

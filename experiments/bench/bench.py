@@ -27,14 +27,14 @@ from absl import app, flags
 sys.path.insert(0, __file__.rsplit('/experiments/', 1)[0])
 from configs import default  # noqa: E402
 from g2g_jax import connectivity as conn  # noqa: E402
-from g2g_jax import train  # noqa: E402
+from g2g_jax import train, xla_cpu  # noqa: E402
 
 _WIDTHS = flags.DEFINE_list('widths', ['1024', '4096'], 'Hidden widths to measure.')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'Examples per step.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Steps per timed round.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed rounds per variant (median reported).')
 _TILE = flags.DEFINE_integer('tile_size', 0, 'Tile side for the tiled variant; 0 = one tile per group side.')
-_DOTS = flags.DEFINE_enum('cpu_dots', 'auto', ['auto', 'xla', 'eigen'], 'config.cpu_dots of every variant.')
+_DOTS = flags.DEFINE_enum('cpu_dots', 'auto', list(xla_cpu.CPU_DOTS), 'config.cpu_dots of every variant.')
 
 VARIANTS = {
   'dense': {'connectivity.kind': 'dense'},
