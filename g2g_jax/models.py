@@ -63,7 +63,9 @@ class MLPHead(nn.Module):
 
   A hidden layer with a TilePlan in `tile_plans` is a tiles.TiledDense that computes only
   its present tiles; the others are plain Dense layers (masked, if at all, by the train
-  step). Returns (logits, activations): activations[0] is the input and
+  step). Between consecutive tiled layers activations stay feature-major ([neurons,
+  batch]), the layout tiled layers compute in: one transpose into a run of them, one out.
+  Returns (logits, activations): activations[0] is the input and
   activations[k + 1] the post-ReLU output of hidden_k, i.e. layer k's pre- and
   post-synaptic activity for the Hebbian rule. Unused activations cost nothing under jit.
   """
@@ -76,15 +78,21 @@ class MLPHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     acts = [x]
+    feature_major = False  # whether x is [neurons, batch]: between tiled layers, see TiledDense
     for k, width in enumerate(self.widths):
       plan = self.tile_plans[k] if k < len(self.tile_plans) else None
       if plan is None:
+        x = x.T if feature_major else x
+        feature_major = False
         layer = nn.Dense(width, kernel_init=kernel_init(self.kernel_init), name=f'hidden_{k}')
       else:
+        x = x if feature_major else x.T
+        feature_major = True
         init = kernel_init(self.kernel_init, in_axis=(1, 2), out_axis=(0, 3))  # drawn as [C, K, I, O]
-        layer = TiledDense(width, plan, kernel_init=init, name=f'hidden_{k}')
+        layer = TiledDense(width, plan, feature_major=True, kernel_init=init, name=f'hidden_{k}')
       x = nn.relu(layer(x))
-      acts.append(x)
+      acts.append(x.T if feature_major else x)  # [batch, neurons]; unused ones cost nothing under jit
+    x = x.T if feature_major else x
     logits = nn.Dense(self.num_classes, kernel_init=kernel_init(self.kernel_init), name='output')(x)
     return logits, tuple(acts)
 

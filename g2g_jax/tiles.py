@@ -12,7 +12,8 @@ them; a lower tile_density leaves absent edges in present tiles for DST to grow 
 The kernel is [C, tile_out, K, tile_in] (each output neuron's K x tile_in inputs
 contiguous: the layout XLA's CPU matmuls want, no transposes of kernel or gradient) and
 only present tiles are computed: a gather of input tiles and a batched matmul, about
-1 / density fewer FLOPs than the dense layer.
+1 / density fewer FLOPs than the dense layer. Activations are computed feature-major
+([neurons, batch]), the layout the batched matmuls produce and read.
 Large tiles make large matmuls: on a CPU group-sized tiles are the fast choice.
 
 Inter tiles are chosen per layer as K_inter distinct (group offset d, shift s) pairs:
@@ -150,43 +151,74 @@ def reverse_index(idx: np.ndarray, r_tiles: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------
-# Gathers with gather-only backward passes.
+# The layer's pieces. Activations are feature-major, [neurons, batch]: the layout the
+# batched tile matmuls read and write, so tiled layers hand activations on without
+# relayout copies, and moving neurons (a gather, the mixer's interleave) moves whole rows.
 
 
 @jax.custom_vjp
-def gather_tiles(x_BxRxT: jax.Array, idx: jax.Array, rev: jax.Array) -> jax.Array:
-  """[B, C, K, T]: the input tiles each output tile reads."""
-  return jnp.take(x_BxRxT, idx, axis=1)
+def gather_tiles(x_RxTxB: jax.Array, idx: jax.Array, rev: jax.Array) -> jax.Array:
+  """[C, K, T, B]: the input tiles each output tile reads. The backward pass is a gather
+  by `rev` and a sum, not a scatter-add."""
+  return jnp.take(x_RxTxB, idx, axis=0, mode='clip')  # in bounds by construction: no fill mask
 
 
 def _gather_fwd(x, idx, rev):
   return gather_tiles(x, idx, rev), (idx, rev)
 
 
-def _gather_bwd(res, g_BxCxKxT):
+def _gather_bwd(res, g_CxKxTxB):
   _, rev = res
-  b, c, k, t = g_BxCxKxT.shape
-  flat = g_BxCxKxT.reshape(b, c * k, t)
-  return jnp.take(flat, rev, axis=1).sum(axis=2), None, None  # [B, R, U, T] -> [B, R, T]
+  c, k, t, b = g_CxKxTxB.shape
+  flat = g_CxKxTxB.reshape(c * k, t, b)
+  return jnp.take(flat, rev, axis=0, mode='clip').sum(axis=1), None, None  # [R, U, T, B] -> [R, T, B]
 
 
 gather_tiles.defvjp(_gather_fwd, _gather_bwd)
 
 
-def permute(x: jax.Array, order: jax.Array, inverse: jax.Array) -> jax.Array:
-  """x[:, order] for a permutation: gather_tiles with one-neuron tiles, so the backward
+@jax.custom_vjp
+def tile_matmul(kernel_CxOxKxI: jax.Array, tiles_CxKxIxB: jax.Array) -> jax.Array:
+  """[C, tile_out, B]: each output tile's kernel times its present input tiles.
+
+  The backward pass is written out so that each of its two matmuls reads its operands
+  where they lie (XLA's CPU dots take either operand transposed). Left to autodiff, XLA
+  copied the tiles into a batch-major layout for the kernel's gradient.
+  """
+  c, o, k, i = kernel_CxOxKxI.shape
+  return jnp.einsum('cst,ctb->csb', kernel_CxOxKxI.reshape(c, o, k * i), tiles_CxKxIxB.reshape(c, k * i, -1))
+
+
+def _tile_matmul_fwd(kernel, tiles):
+  return tile_matmul(kernel, tiles), (kernel, tiles)
+
+
+def _tile_matmul_bwd(res, g_CxOxB):
+  kernel, tiles = res
+  c, o, k, i = kernel.shape
+  w, x = kernel.reshape(c, o, k * i), tiles.reshape(c, k * i, -1)
+  d_kernel = jnp.einsum('csb,ctb->cst', g_CxOxB, x).reshape(kernel.shape)
+  d_tiles = jnp.einsum('cst,csb->ctb', w, g_CxOxB).reshape(tiles.shape)
+  return d_kernel, d_tiles
+
+
+tile_matmul.defvjp(_tile_matmul_fwd, _tile_matmul_bwd)
+
+
+def permute(x_NxB: jax.Array, order: jax.Array, inverse: jax.Array) -> jax.Array:
+  """x[order] for a permutation: gather_tiles with one-neuron tiles, so the backward
   pass is a gather by `inverse`, not a scatter."""
-  return gather_tiles(x[:, :, None], order[:, None], inverse[:, None])[:, :, 0, 0]
+  return gather_tiles(x_NxB[:, None], order[:, None], inverse[:, None])[:, 0, 0]
 
 
-def interleave(x: jax.Array, rows: int) -> jax.Array:
-  """x[:, order] for the permutation that reads x as [rows, n / rows] and transposes it.
+def interleave(x_NxB: jax.Array, rows: int) -> jax.Array:
+  """x[order] for the permutation that reads the neurons as [rows, n / rows] and transposes.
 
   With rows = n / G it puts interleaved groups (neuron i in group i mod G) in group
-  order; with rows = G it undoes that. A transpose: far cheaper than a gather on a CPU.
+  order; with rows = G it undoes that. A transpose of whole rows: cheaper than a gather.
   """
-  b, n = x.shape
-  return x.reshape(b, rows, n // rows).transpose(0, 2, 1).reshape(b, n)
+  n, b = x_NxB.shape
+  return x_NxB.reshape(rows, n // rows, b).transpose(1, 0, 2).reshape(n, b)
 
 
 class TiledDense(nn.Module):
@@ -194,17 +226,21 @@ class TiledDense(nn.Module):
 
   Params: kernel [C, tile_out, K, tile_in], bias [features]. Layout (collection 'layout'):
   the index arrays of make_layout. Equal to a Dense layer whose kernel is `to_dense`.
+  Takes and returns [batch, neurons] like nn.Dense, or with `feature_major` [neurons,
+  batch], the layout it computes in (MLPHead keeps it between tiled layers).
   """
 
   features: int
   plan: TilePlan
+  feature_major: bool = False
   # Draws the kernel as [C, K, tile_in, tile_out] (then stored transposed, so a seed gives
   # the weights it gave before the layout changed): in_axis=(1, 2) is the fan-in K x tile.
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal(in_axis=(1, 2), out_axis=(0, 3))
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    b, n_in = x.shape
+    x = x if self.feature_major else x.T
+    n_in, b = x.shape
     t_in, t_out, k = self.plan.tile_in, self.plan.tile_out, self.plan.num_slots
     c_tiles, r_tiles = self.features // t_out, n_in // t_in
     u = c_tiles * k // r_tiles
@@ -231,13 +267,14 @@ class TiledDense(nn.Module):
       x = interleave(x, n_in // num_groups)
     elif self.plan.permute_in == 'gather':
       x = permute(x, in_order, in_inverse)
-    tiles = gather_tiles(x.reshape(b, r_tiles, t_in), idx, rev)
-    y = jnp.einsum('bckt,cskt->bcs', tiles, kernel).reshape(b, self.features)
+    tiles = gather_tiles(x.reshape(r_tiles, t_in, b), idx, rev)
+    y = tile_matmul(kernel, tiles).reshape(self.features, b)
     if self.plan.permute_out == 'interleave':
       y = interleave(y, num_groups)
     elif self.plan.permute_out == 'gather':
       y = permute(y, out_inverse, out_order)
-    return y + bias[None, :]
+    y = y + bias[:, None]
+    return y if self.feature_major else y.T
 
 
 def to_dense(blocks_CxOxKxI, layout: dict, n_in: int, n_out: int) -> np.ndarray:

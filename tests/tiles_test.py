@@ -100,6 +100,21 @@ def test_tiled_layer_equals_masked_dense_layer(grouping):
     np.testing.assert_allclose(
       g_from_tiles[present], np.asarray(gd[f'hidden_{k}']['kernel'])[present], rtol=1e-4, atol=1e-6
     )
+  # The activations the Hebbian rule reads come back [batch, neurons], in neuron order,
+  # though tiled layers compute feature-major.
+  _, acts_t = tiled.apply({'params': params, 'layout': layout}, x)
+  _, acts_d = dense.apply({'params': as_dense}, x)
+  for a_t, a_d in zip(acts_t, acts_d, strict=True):
+    np.testing.assert_allclose(a_t, a_d, rtol=1e-5, atol=1e-6)
+  # A TiledDense used on its own takes and returns [batch, neurons], like nn.Dense.
+  layer = tiles.TiledDense(64, plans[1])
+  v1 = {'params': params['hidden_1'], 'layout': layout['hidden_1']}
+  h = acts_t[1]
+  np.testing.assert_allclose(
+    layer.apply(v1, h), h @ as_dense['hidden_1']['kernel'] + params['hidden_1']['bias'][None], rtol=1e-5, atol=1e-6
+  )
+  fm = tiles.TiledDense(64, plans[1], feature_major=True)
+  np.testing.assert_allclose(fm.apply(v1, h.T), layer.apply(v1, h).T, rtol=1e-6)
   score = jax.random.uniform(jax.random.PRNGKey(2), (32, 64))
   blocks = tiles.to_blocks(score, layout['hidden_0'], 4, 4)
   present0 = tiles.to_dense(np.ones(blocks.shape, bool), layout['hidden_0'], 32, 64)
