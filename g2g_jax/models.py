@@ -88,7 +88,7 @@ class MLPHead(nn.Module):
       else:
         x = x if feature_major else x.T
         feature_major = True
-        init = kernel_init(self.kernel_init, in_axis=(1, 2), out_axis=(0, 3))  # drawn as [C, K, I, O]
+        init = kernel_init(self.kernel_init, in_axis=1, out_axis=(0, 2))  # drawn as [C, K x I, O]
         layer = TiledDense(width, plan, feature_major=True, kernel_init=init, name=f'hidden_{k}')
       x = nn.relu(layer(x))
       acts.append(x.T if feature_major else x)  # [batch, neurons]; unused ones cost nothing under jit
