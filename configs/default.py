@@ -45,7 +45,7 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   c.loop = 'auto'
   # Which library runs the matmuls XLA compiles for a CPU: 'xla' (XLA's own choice, YNNPACK
   # in jaxlib 0.10), 'eigen' (YNNPACK's dots off, so Eigen runs them), 'auto' (eigen when a
-  # hidden layer is tiled, else xla: what measured fastest on a 2-core CPU, bench README).
+  # hidden layer is tiled, else xla: fastest or within 5% on a 2-core CPU, bench README).
   # GPU and TPU ignore it.
   c.cpu_dots = 'auto'
 

@@ -67,7 +67,7 @@ class Experiment:
   num_seeds: int  # independent replicas trained together, seeds seed .. seed + num_seeds - 1
   seed_layout: str  # 'auto' | 'vmap' | 'unroll' | 'sequential'
   loop: str  # 'auto' | 'steps' | 'scan'
-  cpu_dots: str  # 'auto' | 'xla' | 'eigen' (resolved on the backend by xla_cpu.use_eigen_dots)
+  cpu_dots: str  # 'auto' | 'xla' | 'eigen' (resolved on the backend by xla_cpu.compiler_options)
   data: DataSpec
   model: models.G2GNet
   connectivity: conn.ConnectivitySpec

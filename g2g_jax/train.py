@@ -37,7 +37,7 @@ def compiler_options(config_or_exp) -> dict[str, str] | None:
   """The XLA options config.cpu_dots asks for on this backend: pass them to every jax.jit of
   the steps (None: XLA's defaults). See g2g_jax/xla_cpu.py."""
   exp = _experiment(config_or_exp)
-  return xla_cpu.compiler_options(xla_cpu.use_eigen_dots(exp.cpu_dots, tiled=exp.connectivity.inter == 'tiles'))
+  return xla_cpu.compiler_options(exp.cpu_dots, tiled=exp.connectivity.inter == 'tiles')
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

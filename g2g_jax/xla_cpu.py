@@ -1,9 +1,10 @@
 """Which library runs XLA:CPU's matmuls (config.cpu_dots), as compile options for jax.jit.
 
 JAX 0.10's XLA:CPU hands matmuls, convolutions and reductions to YNNPACK by default.
-For the tiled layers' batched matmuls Eigen is faster on the project's 2-core CPU
-(a train step of 11.0 ms against 14.2 ms), for dense layers YNNPACK is (26.3 ms against
-29.0 ms): experiments/bench/README.md.
+On the project's 2-core CPU dense layers are faster with YNNPACK (a train step of 26.3 ms
+against 29.0 ms with Eigen). The tiled layers' batched matmuls were faster with Eigen
+(11.0 against 14.2 ms); since tiled layers compute feature-major the two are within 5%
+either way (Eigen ahead at width 1024, YNNPACK at 4096): experiments/bench/README.md.
 """
 
 import functools
@@ -30,15 +31,11 @@ def eigen_dots_supported() -> bool:
     return False
 
 
-def use_eigen_dots(cpu_dots: str, tiled: bool) -> bool:
-  """config.cpu_dots resolved on this backend: 'auto' means Eigen when a layer is tiled.
+def compiler_options(cpu_dots: str, tiled: bool) -> dict[str, str] | None:
+  """config.cpu_dots resolved on this backend, as jax.jit compiler_options: Eigen's dots,
+  or None for XLA's defaults. 'auto' means Eigen when a hidden layer is tiled.
 
-  False off the CPU (GPU and TPU ignore the field) and where the option is unknown.
+  None off the CPU (GPU and TPU ignore the field) and where the option is unknown.
   """
   eigen = cpu_dots == 'eigen' or (cpu_dots == 'auto' and tiled)
-  return eigen and jax.default_backend() == 'cpu' and eigen_dots_supported()
-
-
-def compiler_options(eigen_dots: bool) -> dict[str, str] | None:
-  """The compiler_options for jax.jit: Eigen's dots, or None for XLA's defaults."""
-  return dict(EIGEN_DOTS) if eigen_dots else None
+  return dict(EIGEN_DOTS) if eigen and jax.default_backend() == 'cpu' and eigen_dots_supported() else None
