@@ -46,4 +46,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  jax.config.config_with_absl()  # JAX's own options as flags: --jax_compilation_cache_dir=DIR, ...
   app.run(main, flags_parser=parse_flags)

@@ -126,22 +126,24 @@ def eval_step(state: TrainState, batch: dict):
   return {'loss': jnp.sum(losses * w), 'correct': jnp.sum(correct * w), 'count': jnp.sum(w)}
 
 
-def evaluate(eval_fn, state, images, labels, batch_size: int, sharding) -> dict:
-  """Loss and accuracy over a whole split; the last batch is padded with weight 0.
-
-  With a vmapped eval_fn (seed-stacked states) the results are arrays over seeds.
-  """
-  n = len(images)
-  sums = []
-  for start in range(0, n, batch_size):
+def eval_batches(images, labels, batch_size: int):
+  """A split in host batches of batch_size examples; the last is padded with weight 0."""
+  for start in range(0, len(images), batch_size):
     x, y = images[start : start + batch_size], labels[start : start + batch_size]
     pad = batch_size - len(x)
     weight = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
     if pad:
       x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
       y = np.concatenate([y, np.zeros(pad, y.dtype)])
-    batch = jax.device_put({'image': x, 'label': y, 'weight': weight}, sharding)
-    sums.append(eval_fn(state, batch))
+    yield {'image': x, 'label': y, 'weight': weight}
+
+
+def evaluate(eval_fn, state, images, labels, batch_size: int, sharding) -> dict:
+  """Loss and accuracy over a whole split (eval_batches).
+
+  With a vmapped eval_fn (seed-stacked states) the results are arrays over seeds.
+  """
+  sums = [eval_fn(state, jax.device_put(b, sharding)) for b in eval_batches(images, labels, batch_size)]
   total = jax.tree.map(lambda *v: np.atleast_1d(np.sum(np.stack(v).astype(np.float64), axis=0)), *jax.device_get(sums))
   return {'loss': total['loss'] / total['count'], 'accuracy': total['correct'] / total['count']}
 
@@ -402,6 +404,7 @@ class _Loop:
       end_steps=exp.rewiring.end_steps or self.total_steps,
       active_edges=tuple(max(a) for a in zip(*active, strict=True)),  # a static bound for every seed
     )
+    self.compile_seconds: dict[str, float] = {}  # by program, this process (see jit)
     self.checkpoints: ckpt_lib.Checkpointer | None = None
     self.writer: metrics_lib.MetricWriter | None = None
 
@@ -423,20 +426,27 @@ class _Loop:
 
     return unrolled
 
-  def jit(self, fn, in_axes=0, donate: bool = False, example_args=None):
-    """over_seeds(fn), compiled with the run's compiler options (ahead, given example_args).
+  def jit(self, fn, in_axes=0, donate: bool = False, example_args=None, name: str = ''):
+    """over_seeds(fn), compiled with the run's compiler options.
 
-    seed_layout 'sequential' compiles fn for one replica and calls it once per replica:
-    S programs one after another rather than one program of S, so XLA:CPU runs no two
-    replicas' matmuls at once on the same cores.
+    Given example_args it is compiled here, ahead, and the seconds that took go to
+    self.compile_seconds[name]. seed_layout 'sequential' compiles fn for one replica and
+    calls it once per replica: S programs one after another rather than one program of
+    S, so XLA:CPU runs no two replicas' matmuls at once on the same cores.
     """
     kw = {'donate_argnums': 0 if donate else (), 'compiler_options': self.options}
+    t0 = time.perf_counter()
     if not self.sequential:
       f = jax.jit(self.over_seeds(fn, in_axes), **kw)
-      return f if example_args is None else f.lower(*example_args).compile()
+      if example_args is None:
+        return f
+      f = f.lower(*example_args).compile()
+      self.compile_seconds[name] = time.perf_counter() - t0
+      return f
     f = jax.jit(fn, **kw)
     if example_args is not None:
       f = f.lower(*_pick(example_args, in_axes, 0)).compile()
+      self.compile_seconds[name] = time.perf_counter() - t0
 
     def sequential(*args):
       return _combine([f(*_pick(args, in_axes, k)) for k in range(self.num_seeds)])
@@ -473,12 +483,14 @@ class _Loop:
     states = stack_states(list(states)) if self.split else states  # one format for every layout
     self.checkpoints.save(step, states, {'best_test_accuracy': list(best), 'epoch_sums': sums.to_meta()})
 
-  def make_chunk_runner(self):
-    """run(states, epoch, position, n) -> (states, metrics [n, seeds]), by the configured loop."""
+  def make_chunk_runner(self, states):
+    """run(states, epoch, position, n) -> (states, metrics [n, seeds]), by the configured loop.
+
+    Its program is compiled here, for states like `states`.
+    """
     exp = self.exp
     step_fn = functools.partial(train_step, augment=exp.data.augment, crop_padding=exp.data.crop_padding)
     if self.loop == 'steps':
-      train_fn = self.jit(step_fn, donate=True)
       sharding = self.seeds_batch_sharding if self.num_seeds > 1 else self.batch_sharding
 
       def put(batch):
@@ -487,6 +499,8 @@ class _Loop:
             jax.device_put({k: v[r] for k, v in batch.items()}, self.batch_sharding) for r in range(self.num_seeds)
           )
         return jax.device_put(batch, sharding)
+
+      train_fn = self.jit(step_fn, donate=True, example_args=(states, put(self.batch_for(1))), name='train_step')
 
       def run(states, epoch, position, n):
         metrics = []
@@ -506,8 +520,12 @@ class _Loop:
       augment=exp.data.augment,
       crop_padding=exp.data.crop_padding,
     )
-    chunk_fn = self.jit(chunk, in_axes=(0, None, 0, None, None), donate=True)
     data = jax.device_put({'image': self.dataset.train_images, 'label': self.dataset.train_labels}, self.replicated)
+    perm = jax.device_put(
+      self.unstack(np.zeros((self.num_seeds, len(self.dataset.train_images)), np.int32)), self.replicated
+    )
+    in_axes = (0, None, 0, None, None)
+    chunk_fn = self.jit(chunk, in_axes, donate=True, example_args=(states, data, perm, 0, 1), name='train_chunk')
     perms = {}
 
     def run(states, epoch, position, n):
@@ -538,19 +556,24 @@ class _Loop:
       evals = [r for r in self.writer.records() if r.get('kind', 'eval') == 'eval']
       return evals[-1] if evals else {'step': step}
 
-    run_chunk = self.make_chunk_runner()
-    eval_fn = self.jit(eval_step, in_axes=(0, None))
+    # Every program is compiled ahead, so epoch times are training alone and the
+    # compile time is its own figure (the first evaluation record's compile_seconds).
+    run_chunk = self.make_chunk_runner(states)
+    test_batch = next(eval_batches(self.dataset.test_images, self.dataset.test_labels, exp.eval_batch_size))
+    example = (states, jax.device_put(test_batch, self.batch_sharding))
+    eval_fn = self.jit(eval_step, in_axes=(0, None), example_args=example, name='eval_step')
     rewire_keys = self.over_seeds(jax.random.fold_in, in_axes=(0, None))(self.keys(states), _REWIRE_STREAM)
     step_keys = jax.jit(self.over_seeds(jax.random.fold_in, in_axes=(0, None)))
     rewire_fn = None
-    if self.rewire.enabled:  # compiled ahead, so the updates' time share is their run time
-      t0 = time.perf_counter()
-      rewire_fn = self.jit(
-        functools.partial(rewiring.update_masks, cfg=self.rewire),
-        donate=True,
-        example_args=(states, self.rewire_batches(max(step, self.rewire.hebbian_batches)), rewire_keys),
-      )
-      logging.info('rewiring: %s; update_masks compiled in %.2fs', self.rewire_summary(), time.perf_counter() - t0)
+    if self.rewire.enabled:  # so the updates' time share is their run time too
+      logging.info('rewiring: %s', self.rewire_summary())
+      update = functools.partial(rewiring.update_masks, cfg=self.rewire)
+      example = (states, self.rewire_batches(max(step, self.rewire.hebbian_batches)), rewire_keys)
+      rewire_fn = self.jit(update, donate=True, example_args=example, name='update_masks')
+    compile_seconds = sum(self.compile_seconds.values())
+    logging.info(
+      'compiled in %.2fs: %s', compile_seconds, ', '.join(f'{k} {v:.2f}s' for k, v in self.compile_seconds.items())
+    )
     progress = metrics_lib.Progress(exp.progress)
     best = np.asarray(meta['best_test_accuracy'], np.float64)
     record = {}
@@ -620,6 +643,8 @@ class _Loop:
           'examples_per_sec': sums.count * seeds / max(sums.seconds - rewire_seconds, 1e-9),
           'epoch_seconds': sums.seconds,
         }
+        if compile_seconds:  # the first evaluation after this process compiled
+          record['compile_seconds'], compile_seconds = compile_seconds, 0.0
         if seeds > 1:
           record['num_seeds'] = seeds
         if self.rewire.enabled:

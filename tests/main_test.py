@@ -36,11 +36,14 @@ def test_smoke_config_end_to_end_with_overrides(tmp_path):
     f'--workdir={workdir}',
     '--config.connectivity.p_inter=0.5',
     '--config.progress=lines',
+    f'--jax_compilation_cache_dir={tmp_path / "jax_cache"}',  # JAX's own options are flags too
+    '--jax_persistent_cache_min_compile_time_secs=0',
     cwd=tmp_path,  # config files must load from any folder
   )
   assert r.returncode == 0, r.stderr[-3000:]
   rows = read_metrics(workdir)
   assert [row['epoch'] for row in rows] == [1, 2]
+  assert any(name.startswith('jit_train_step') for name in os.listdir(tmp_path / 'jax_cache'))
   saved = json.loads((workdir / 'config.json').read_text())
   assert saved['connectivity']['grouping'] == 'index' and saved['connectivity']['p_inter'] == 0.5
   assert 'epoch 1 8/8 loss' in r.stderr  # the progress display

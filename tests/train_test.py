@@ -99,6 +99,7 @@ def test_smoke_run_learns_and_writes_metrics(smoke_config, tmp_path):
     assert key in rows[-1]
   assert rows[-1] == json.loads(json.dumps(result))
   assert rows[-1]['best_test_accuracy'] == max(r['test_accuracy'] for r in rows)
+  assert rows[0]['compile_seconds'] > 0 and 'compile_seconds' not in rows[1]  # compiled once, ahead
   assert rows[-1]['test_accuracy'] > 0.3  # 10 classes: chance is 0.1
   assert 0.5 < rows[-1]['sparsity'] < 0.6
   assert os.listdir(tmp_path / 'tensorboard')
@@ -120,7 +121,7 @@ def test_resumed_run_equals_uninterrupted(smoke_config, tmp_path):
   smoke_config.data.augment = 'crop_flip'  # per-step keys must survive the restart too
   train.train_and_evaluate(smoke_config, str(tmp_path / 'straight'))
   straight = final_state(smoke_config, str(tmp_path / 'straight'))
-  drop = ('examples_per_sec', 'epoch_seconds')
+  drop = ('examples_per_sec', 'epoch_seconds', 'compile_seconds')
   strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
   for halt in (5, 8):  # mid-epoch, and at the epoch boundary
     workdir = str(tmp_path / f'halt{halt}')
