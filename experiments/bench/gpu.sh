@@ -17,12 +17,17 @@
 # benchmark's JSON line), runs.txt (the whole runs' summary), fashion_mnist.jsonl
 # (reproduction results lines), logs.tgz (every run's log and metrics). Stages:
 #   1. versions and a smoke run (falls back to the carried pinned wheels if it fails);
-#   2. bench.py: dense / masked / tiles at widths 1024 and 4096;
-#   3. 30-epoch G2G runs with the scanned and the step-by-step loop, the tiled G2G run,
-#      FC v2, and G2G with 4 seeds in one program;
-#   4. the GPU equality tests (tiles = masked, scan = steps, replicas = single runs);
-#   5. reproduction runs (Fashion-MNIST dst and p_sweep to 3 seeds, REPRO_JOBS at once)
+#   2. 30-epoch G2G runs with the scanned and the step-by-step loop, each cold (an empty
+#      compilation cache) and warm (a second run reading it);
+#   3. profile_steps.py (ms per step of the scanned chunk, the same without its per-step
+#      lax.cond, and the step loop, plus a trace summary), then the scanned loop with
+#      while loops and conditionals in XLA's command buffers (CUDA graphs);
+#   4. bench.py: dense / masked / tiles at widths 1024 and 4096;
+#   5. the GPU equality tests (tiles = masked, scan = steps, replicas = single runs);
+#   6. while time is left: the tiled G2G run, G2G with 4 seeds in one program, FC v2;
+#   7. reproduction runs (Fashion-MNIST dst and p_sweep to 3 seeds, REPRO_JOBS at once)
 #      until SECONDS (default 540) after the start, then stop; finished runs are kept.
+# G2G_EPOCHS=1 shortens the whole runs, to try the script out on a CPU.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 carry=experiments/bench/.carry
@@ -48,6 +53,7 @@ exec > >(tee -a "$out/log.txt") 2>&1
 left() { echo $((budget - (SECONDS - start))); }
 stage() { echo; echo "=== $1 (at $((SECONDS - start)) s)"; }
 logs=/tmp/g2g-logs runs=/tmp/g2g-runs
+rm -rf "$logs" "$runs" /tmp/g2g-jax-cache-*  # a rerun on the same machine starts cold too
 mkdir -p "$logs" "$runs"
 finish() {
   tar -czf "$out/logs.tgz" -C /tmp g2g-logs $(cd /tmp && ls -d g2g-runs/*/metrics.jsonl 2>/dev/null) 2>/dev/null
@@ -79,29 +85,51 @@ if ! smoke 1; then
 fi
 echo smoke ok
 
+stage 'whole Fashion-MNIST runs, 30 epochs: the loop target'
+train() {
+  local name=$1 row=$2 cap=$3 t0=$SECONDS; shift 3
+  timeout "$cap" python3 -m g2g_jax.main --config=configs/fashion_mnist.py"$row" --workdir="$runs/$name" \
+    --config.data.dir="$carry" --config.progress=none --config.num_epochs="${G2G_EPOCHS:-30}" "$@" \
+    > "$logs/$name.log" 2>&1 || echo "$name FAILED"
+  echo "$name: wall $((SECONDS - t0)) s; $(grep -o 'compiled in.*' "$logs/$name.log" | head -n 1)"
+}
+# Each loop cold, with its own empty compilation cache (which it fills), then warm, a
+# second run that reads it.
+cache() { echo --jax_compilation_cache_dir=/tmp/g2g-jax-cache-$1 --jax_persistent_cache_min_compile_time_secs=0; }
+train g2g_scan '' 120 --config.loop=scan $(cache scan)
+train g2g_steps '' 150 --config.loop=steps $(cache steps)
+train g2g_scan_warm '' 120 --config.loop=scan $(cache scan)
+train g2g_steps_warm '' 150 --config.loop=steps $(cache steps)
+rm -rf "$runs"/smoke*
+python3 experiments/bench/summarize_runs.py "$runs"
+
+stage 'where a step goes: profile_steps.py, then with while loops and conditionals in CUDA graphs'
+# XLA:GPU's default command buffers hold fusions and library calls, not control flow: the
+# scanned chunk's per-step lax.cond then reads its predicate on the host every step.
+cmdbuf=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL
+timeout 100 python3 experiments/bench/profile_steps.py --chunks=4 --trace_dir=/tmp/g2g-traces \
+  > "$logs/profile.txt" 2>&1 || echo 'profile_steps.py FAILED'
+grep -v '^[IW][0-9]' "$logs/profile.txt"
+XLA_FLAGS="$cmdbuf" timeout 80 python3 experiments/bench/profile_steps.py --chunks=4 --loops=scan,scan_nocond \
+  --trace_dir=/tmp/g2g-traces-cmdbuf > "$logs/profile_cmdbuf.txt" 2>&1 || echo 'profile_steps.py (cmdbuf) FAILED'
+echo "--- XLA_FLAGS=$cmdbuf"
+grep -v '^[IW][0-9]' "$logs/profile_cmdbuf.txt"
+XLA_FLAGS="$cmdbuf" train g2g_scan_cmdbuf '' 120 --config.loop=scan
+
 stage 'bench.py'
 timeout 180 python3 experiments/bench/bench.py > "$logs/bench.txt" 2>&1
 grep -v '^I[0-9]' "$logs/bench.txt"
 tail -n 1 "$logs/bench.txt" > "$out/bench.json"
 
-stage 'whole Fashion-MNIST runs, 30 epochs'
-train() {
-  local name=$1 row=$2 cap=$3 t0=$SECONDS; shift 3
-  timeout "$cap" python3 -m g2g_jax.main --config=configs/fashion_mnist.py"$row" --workdir="$runs/$name" \
-    --config.data.dir="$carry" --config.progress=none "$@" > "$logs/$name.log" 2>&1 || echo "$name FAILED"
-  echo "$name: wall $((SECONDS - t0)) s"
-}
-train g2g_scan '' 120 --config.loop=scan
-train g2g_steps '' 150 --config.loop=steps
-train g2g_scan_4seeds '' 150 --config.loop=scan --config.num_seeds=4
-train g2g_tiles_scan '' 120 --config.loop=scan --config.connectivity.inter=tiles
-train fc_v2_scan ':fc_v2' 120 --config.loop=scan
-rm -rf "$runs"/smoke*
-python3 experiments/bench/summarize_runs.py "$runs" | tee "$out/runs.txt"
-
 stage 'equality tests on the GPU'
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/tiles_test.py tests/train_test.py \
   -k 'equal and not resumed' 2>&1 | tail -n 25
+
+stage "more whole runs, while time is left ($(left) s)"
+[ "$(left)" -gt 150 ] && train g2g_tiles_scan '' 120 --config.loop=scan --config.connectivity.inter=tiles
+[ "$(left)" -gt 170 ] && train g2g_scan_4seeds '' 150 --config.loop=scan --config.num_seeds=4
+[ "$(left)" -gt 150 ] && train fc_v2_scan ':fc_v2' 120 --config.loop=scan
+python3 experiments/bench/summarize_runs.py "$runs" | tee "$out/runs.txt"
 
 stage "reproduction runs ($(left) s left)"
 results=/tmp/g2g-results
