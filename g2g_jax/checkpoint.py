@@ -4,6 +4,10 @@ A checkpoint holds the whole TrainState (params, optimizer state, masks, key, st
 and a small JSON `meta` (best accuracy so far, the current epoch's running sums).
 orbax writes each checkpoint to a temporary folder and renames it when complete, so
 a crash mid-save leaves the previous checkpoint as the latest.
+
+Saves are asynchronous: `save` returns once orbax has copied the arrays to host
+memory, and the files are written in the background while training goes on. The next
+save, `latest_step`, `restore` and `close` wait for a save in flight to finish.
 """
 
 import os
@@ -35,19 +39,23 @@ class Checkpointer:
     )
 
   def latest_step(self) -> int | None:
+    """The latest complete checkpoint's step (after waiting for a save in flight)."""
+    self._manager.wait_until_finished()
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict):
+    """Starts saving; returns once the arrays are copied to the host (the caller may then
+    donate or overwrite them) and writes the files in the background."""
     self._manager.save(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
       force=True,
     )
-    self._manager.wait_until_finished()
 
   def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict] | None:
     """(state, meta) of the given or latest step, shaped and placed like `template`."""
-    step = self.latest_step() if step is None else step
+    self._manager.wait_until_finished()
+    step = self._manager.latest_step() if step is None else step
     if step is None:
       return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)

@@ -165,8 +165,9 @@ class _EpochSums:
     """Metrics of consecutive steps, each value [num_steps, num_seeds] (device arrays)."""
     self._pending.append(metrics)
 
-  def sync(self, last_step: int, batch_size: int, workdir: str, latest_checkpoint: int | None):
-    """Fetches pending metrics; a non-finite loss stops the run, naming its step (and seed)."""
+  def sync(self, last_step: int, batch_size: int, workdir: str, latest_checkpoint):
+    """Fetches pending metrics; a non-finite loss stops the run, naming its step (and seed)
+    and the last good checkpoint (latest_checkpoint(): its step or None)."""
     fetched = jax.device_get(self._pending)
     losses = np.concatenate([np.reshape(m['loss'], (len(m['loss']), -1)) for m in fetched])  # [steps, seeds]
     accs = np.concatenate([np.reshape(m['accuracy'], (len(m['accuracy']), -1)) for m in fetched])
@@ -174,7 +175,8 @@ class _EpochSums:
     if bad.size:
       j, k = bad[0]
       seed = f' (replica {k})' if losses.shape[1] > 1 else ''
-      where = f'step {latest_checkpoint}' if latest_checkpoint is not None else 'none yet'
+      good = latest_checkpoint()
+      where = f'step {good}' if good is not None else 'none yet'
       raise FloatingPointError(
         f'non-finite training loss ({losses[j, k]}) at step {last_step - len(losses) + 1 + j}{seed}; stopped. '
         f'Last good checkpoint in {workdir}: {where}, left intact.'
@@ -597,7 +599,7 @@ class _Loop:
         states, metrics = run_chunk(states, epoch, step - epoch * spe, n)
         sums.add(metrics)
         step += n
-        sums.sync(step, exp.batch_size, self.workdir, self.checkpoints.latest_step())
+        sums.sync(step, exp.batch_size, self.workdir, self.checkpoints.latest_step)
         done = (step - epoch * spe - first) * exp.batch_size * seeds
         loss, acc = float(np.mean(sums.loss)) / sums.count, float(np.mean(sums.correct)) / sums.count
         progress.update(epoch + 1, step - epoch * spe, spe, loss, acc, done)

@@ -18,3 +18,19 @@ def test_round_trip_keeps_masks_none_leaves_and_meta(tmp_path, smoke_config):
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
     np.testing.assert_array_equal(a, b)
   ckpt.close()
+
+
+def test_async_save_keeps_the_values_at_save_time(tmp_path, smoke_config):
+  """save returns before the files are written; donating the state right after must not change them."""
+  state = make_train_state(smoke_config).replace(step=3)
+  expected = jax.tree.map(np.array, state.params)  # copies
+  ckpt = Checkpointer(str(tmp_path))
+  ckpt.save(3, state, {})
+  bump = jax.jit(lambda p: jax.tree.map(lambda x: x + 1.0, p), donate_argnums=0)
+  for _ in range(3):  # the training loop donates the state to the next step at once
+    state = state.replace(params=bump(state.params))
+  assert ckpt.latest_step() == 3  # waits for the save in flight
+  restored, _ = ckpt.restore(make_train_state(smoke_config, jax.random.PRNGKey(5)))
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(restored.params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  ckpt.close()
