@@ -436,6 +436,8 @@ class _Loop:
     calls it once per replica: S programs one after another rather than one program of
     S, so XLA:CPU runs no two replicas' matmuls at once on the same cores.
     """
+    if example_args is not None and not name:
+      raise ValueError('Loop.jit: a program compiled ahead needs a name for its compile time')
     kw = {'donate_argnums': 0 if donate else (), 'compiler_options': self.options}
     t0 = time.perf_counter()
     if not self.sequential:
