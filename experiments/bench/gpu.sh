@@ -21,8 +21,9 @@
 #      compilation cache) and warm (a second run reading it);
 #   3. profile_steps.py (ms per step of the scanned chunk, the same without its per-step
 #      lax.cond, and the step loop, plus a trace summary), then the scanned loop with
-#      while loops and conditionals in XLA's command buffers (CUDA graphs), and a
-#      scanned run without XLA's autotuning (cold, as the first scanned run);
+#      while loops and conditionals in XLA's command buffers (CUDA graphs), and
+#      scanned runs without XLA's autotuning and without Triton GEMMs (cold, as the
+#      first scanned run: compile s and epoch rate against it);
 #   4. bench.py: dense / masked / tiles at widths 1024 and 4096;
 #   5. the GPU equality tests (tiles = masked, scan = steps, replicas = single runs);
 #   6. while time is left: the tiled G2G run, G2G with 4 seeds in one program, FC v2;
@@ -128,6 +129,9 @@ grep -v '^[IW][0-9]' "$logs/profile_cmdbuf.txt"
 XLA_FLAGS="$cmdbuf" train g2g_scan_cmdbuf '' 120 --config.loop=scan
 # How much of the scanned chunk's compile time is autotuning (and what the kernels lose without it).
 XLA_FLAGS=--xla_gpu_autotune_level=0 train g2g_scan_autotune0 '' 120 --config.loop=scan
+# The same with cuBLAS for every matmul: no Triton GEMM kernels to generate and tune.
+XLA_FLAGS=--xla_gpu_enable_triton_gemm=false train g2g_scan_notriton '' 120 --config.loop=scan
+python3 experiments/bench/summarize_runs.py "$runs" | grep -E '^run|g2g_scan'
 
 stage 'bench.py'
 timeout 180 python3 experiments/bench/bench.py > "$logs/bench.txt" 2>&1
