@@ -56,6 +56,8 @@ def test_runner_appends_one_line_per_run_and_reuses_shared_runs(smoke_results):
   mixer = records[0]
   tiles, dst = sorted(records[1:], key=lambda r: r['study'] == 'dst')
   assert {r['backend'] for r in records} == {'cpu'}  # read from each run's own log
+  assert all(r['compile_seconds'] > 0 for r in records)
+  assert any(name.startswith('jit_train_step') for name in os.listdir(f'{tmp}/work/jax_cache'))  # shared cache
   assert len(mixer['test_accuracy_curve']) == mixer['num_epochs'] == 30
   assert mixer['final_test_accuracy'] == mixer['test_accuracy_curve'][-1]
   assert mixer['best_test_accuracy'] == max(mixer['test_accuracy_curve'])

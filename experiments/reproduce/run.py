@@ -9,7 +9,9 @@ its last checkpoint. A finished run appends one JSON line to
 experiments/results/<dataset>.jsonl; a rerun skips every (key, seed) already there, also
 when another study asked for it. Studies are listed in studies.py; `--list` prints them.
 With --jobs=N, N runs go at once (on a GPU, whose small steps leave it mostly idle); their
-timings then count each other as other work (`other_cores`, marked in the report).
+timings then count each other as other work (`other_cores`, marked in the report). The
+runs share JAX's persistent compilation cache (WORK_ROOT/jax_cache; --jax_cache), so
+only the first run of each shape compiles.
 """
 
 import argparse
@@ -113,7 +115,7 @@ def summarize(records: list[dict]) -> dict:
   evals = [r for r in records if r.get('kind', 'eval') == 'eval']
   rewires = [r for r in records if r.get('kind') == 'rewire']
   last = evals[-1]
-  steady = evals[1:] or evals  # epoch 1 includes compilation
+  steady = evals[1:] or evals  # epoch 1 (in runs before e292a10 it included compiling)
   return {
     'final_test_accuracy': last['test_accuracy'],
     'best_test_accuracy': last['best_test_accuracy'],
@@ -125,6 +127,7 @@ def summarize(records: list[dict]) -> dict:
     'flops_per_example': last['flops_per_example'],
     'data_source': last['data_source'],
     'train_seconds': sum(r['epoch_seconds'] for r in evals),
+    'compile_seconds': sum(r.get('compile_seconds', 0.0) for r in evals),  # 0: a run from before e292a10
     'examples_per_sec': sum(r['examples_per_sec'] for r in steady) / len(steady),
     'rewire_updates': len(rewires),
     'rewire_seconds': sum(r['seconds'] for r in rewires),
@@ -239,6 +242,12 @@ def main(argv=None):
   parser.add_argument('--first_seed', type=int, default=0, help='skip seeds below this one (default 0)')
   parser.add_argument('--jobs', type=int, default=1, help='runs at once (default 1)')
   parser.add_argument(
+    '--jax_cache',
+    default=None,
+    help="JAX's persistent compilation cache for the runs (default WORK_ROOT/jax_cache; '' = none): "
+    "runs of the same shapes (other seeds, other p') then skip compiling",
+  )
+  parser.add_argument(
     '--stop_after', type=float, default=None, help='start no run later than this many seconds after launch'
   )
   parser.add_argument('--list', action='store_true', help='print the studies and their runs, then exit')
@@ -276,6 +285,9 @@ def main(argv=None):
     if field not in RUNTIME_FIELDS:
       parser.error(f'--set {item!r}: only runtime fields may be set ({", ".join(RUNTIME_FIELDS)})')
     extra.append(f'--config.{item}')
+  cache = os.path.join(args.work_root, 'jax_cache') if args.jax_cache is None else args.jax_cache
+  if cache:
+    extra += [f'--jax_compilation_cache_dir={os.path.abspath(cache)}', '--jax_persistent_cache_min_compile_time_secs=0']
 
   results = results_path(args.results_dir, args.dataset)
   done = {(r['key'], r['seed']) for r in read_results(results)}
