@@ -153,7 +153,7 @@ results=/tmp/g2g-results
 mkdir -p "$results"
 cp experiments/results/fashion_mnist.jsonl "$results/"
 before=$(wc -l < "$results/fashion_mnist.jsonl")
-export XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_COMPILATION_CACHE_DIR=/tmp/g2g-jax-cache
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # run.py gives the runs a shared compilation cache
 # Start no run later than ~70 s before the budget ends (a 20-epoch run takes well under that).
 stop=$(( $(left) - 70 ))
 if [ "$stop" -gt 0 ]; then
