@@ -191,28 +191,33 @@ class _EpochSums:
     return {'loss': self.loss.tolist(), 'correct': self.correct.tolist(), 'count': self.count, 'seconds': self.seconds}
 
 
-def train_chunk(state, data, perm, first, num_steps, *, length, batch_size, batch_sharding, augment, crop_padding):
-  """Runs num_steps (<= length, traced) train steps in one jitted call, data on the device.
+def train_chunk(state, data, perm, first, *, length, batch_size, batch_sharding, augment, crop_padding):
+  """Runs `length` train steps in one jitted call, on the device-resident `data`.
 
-  Step j trains on the examples perm[(first + j) * batch_size :][:batch_size] of the
-  device-resident `data`; steps past num_steps are skipped (lax.cond), so one
-  compilation serves chunks of every size. Returns the state and per-step metrics
-  [length] (entries past num_steps are 0).
+  Step j trains on the examples perm[(first + j) * batch_size :][:batch_size]. No step is
+  conditional: XLA:GPU evaluates a lax.cond inside a loop by reading its predicate on the
+  host every step, and copies the carried state around a pass-through branch. So a chunk
+  has a fixed length, and the loop compiles one program per length it needs (see
+  scan_chunk_steps). Returns the state and per-step metrics [length].
   """
 
   def body(state, j):
-    def run(state):
-      idx = jax.lax.dynamic_slice(perm, ((first + j) * batch_size,), (batch_size,))
-      batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
-      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-      return train_step(state, batch, augment=augment, crop_padding=crop_padding)
-
-    def skip(state):
-      return state, {'loss': jnp.zeros((), jnp.float32), 'accuracy': jnp.zeros((), jnp.float32)}
-
-    return jax.lax.cond(j < num_steps, run, skip, state)
+    idx = jax.lax.dynamic_slice(perm, ((first + j) * batch_size,), (batch_size,))
+    batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
+    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return train_step(state, batch, augment=augment, crop_padding=crop_padding)
 
   return jax.lax.scan(body, state, jnp.arange(length))
+
+
+def scan_chunk_steps(steps_per_epoch: int, log_every_steps: int) -> int:
+  """Steps per scanned chunk: the largest divisor of the epoch's steps that is at most
+  log_every_steps, so an epoch is whole chunks of one length (one program). When that
+  divisor is under half of log_every_steps (say, a prime number of steps per epoch),
+  log_every_steps itself, and each epoch ends with a few single steps."""
+  cap = min(log_every_steps, steps_per_epoch)
+  best = max(d for d in range(1, cap + 1) if steps_per_epoch % d == 0)
+  return best if 2 * best >= cap else log_every_steps
 
 
 def _check_workdir_config(workdir: str, config_dict: dict):
@@ -388,6 +393,9 @@ class _Loop:
     self.total_steps = self.steps_per_epoch * exp.num_epochs
     cpu = jax.default_backend() == 'cpu'
     self.loop = exp.loop if exp.loop != 'auto' else ('steps' if cpu else 'scan')
+    # Steps between progress syncs: one call of the scanned chunk, or log_every_steps steps.
+    scan = self.loop == 'scan'
+    self.chunk_steps = scan_chunk_steps(self.steps_per_epoch, exp.log_every_steps) if scan else exp.log_every_steps
     layout = exp.seed_layout if exp.seed_layout != 'auto' else ('sequential' if cpu else 'vmap')
     # 'unroll' and 'sequential' keep the replicas' states apart, as a tuple.
     self.split = self.num_seeds > 1 and layout in ('unroll', 'sequential')
@@ -487,10 +495,31 @@ class _Loop:
     states = stack_states(list(states)) if self.split else states  # one format for every layout
     self.checkpoints.save(step, states, {'best_test_accuracy': list(best), 'epoch_sums': sums.to_meta()})
 
-  def make_chunk_runner(self, states):
+  def chunk_size(self, step: int) -> int:
+    """Steps from `step` to the loop's next event: a progress sync (every chunk_steps), the
+    epoch's end, a mask update or the halt step."""
+    spe, halt = self.steps_per_epoch, self.exp.halt_after_steps
+    events = [self.chunk_steps - step % self.chunk_steps, spe - step % spe]
+    if self.rewire.enabled:
+      events.append(self.rewire.every_steps - step % self.rewire.every_steps)
+    if halt > step:
+      events.append(halt - step)
+    return min(events)
+
+  def chunk_sizes(self, step: int) -> list[int]:
+    """The sizes of all the chunks this process will run, from `step` on."""
+    halt = self.exp.halt_after_steps
+    end = min(self.total_steps, halt) if halt > step else self.total_steps
+    sizes = []
+    while step < end:
+      sizes.append(self.chunk_size(step))
+      step += sizes[-1]
+    return sizes
+
+  def make_chunk_runner(self, states, step: int):
     """run(states, epoch, position, n) -> (states, metrics [n, seeds]), by the configured loop.
 
-    Its program is compiled here, for states like `states`.
+    Its programs are compiled here, for states like `states` at step `step`.
     """
     exp = self.exp
     step_fn = functools.partial(train_step, augment=exp.data.augment, crop_padding=exp.data.crop_padding)
@@ -516,28 +545,41 @@ class _Loop:
 
       return run
 
-    chunk = functools.partial(
-      train_chunk,
-      length=exp.log_every_steps,
-      batch_size=exp.batch_size,
-      batch_sharding=self.batch_sharding,
-      augment=exp.data.augment,
-      crop_padding=exp.data.crop_padding,
-    )
+    def chunk(length):
+      return functools.partial(
+        train_chunk,
+        length=length,
+        batch_size=exp.batch_size,
+        batch_sharding=self.batch_sharding,
+        augment=exp.data.augment,
+        crop_padding=exp.data.crop_padding,
+      )
+
     data = jax.device_put({'image': self.dataset.train_images, 'label': self.dataset.train_labels}, self.replicated)
     perm = jax.device_put(
       self.unstack(np.zeros((self.num_seeds, len(self.dataset.train_images)), np.int32)), self.replicated
     )
-    in_axes = (0, None, 0, None, None)
-    chunk_fn = self.jit(chunk, in_axes, donate=True, example_args=(states, data, perm, 0, 1), name='train_chunk')
+    example, in_axes, full = (states, data, perm, 0), (0, None, 0, None), self.chunk_steps
+    chunk_fn = self.jit(chunk(full), in_axes, donate=True, example_args=example, name='train_chunk')
+    # Chunks cut short (by a mask update, the halt step, or epochs of a length that no
+    # chunk divides) run as single steps, a second program compiled only when needed.
+    short = any(n != full for n in self.chunk_sizes(step))
+    step_fn = self.jit(chunk(1), in_axes, donate=True, example_args=example, name='train_chunk_1') if short else None
     perms = {}
 
     def run(states, epoch, position, n):
       if epoch not in perms:  # the epoch's orders: 4 bytes per example and seed, sent once per epoch
         perms.clear()
         perms[epoch] = jax.device_put(self._permutations(epoch).astype(np.int32), self.replicated)
-      states, metrics = chunk_fn(states, data, perms[epoch], position, n)
-      return states, jax.tree.map(lambda x: x.T[:n], metrics)  # [(seeds,) length] -> [n(, seeds)]
+      if n == full:
+        states, metrics = chunk_fn(states, data, perms[epoch], position)
+      else:
+        parts = []
+        for i in range(n):
+          states, m = step_fn(states, data, perms[epoch], position + i)
+          parts.append(m)
+        metrics = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=-1), *parts)
+      return states, jax.tree.map(lambda x: x.T, metrics)  # [(seeds,) n] -> [n(, seeds)]
 
     return run
 
@@ -562,7 +604,7 @@ class _Loop:
 
     # Every program is compiled ahead, so epoch times are training alone and the
     # compile time is its own figure (the first evaluation record's compile_seconds).
-    run_chunk = self.make_chunk_runner(states)
+    run_chunk = self.make_chunk_runner(states, step)
     test_batch = next(eval_batches(self.dataset.test_images, self.dataset.test_labels, exp.eval_batch_size))
     example = (states, jax.device_put(test_batch, self.batch_sharding))
     eval_fn = self.jit(eval_step, in_axes=(0, None), example_args=example, name='eval_step')
@@ -589,15 +631,7 @@ class _Loop:
       progress.start_epoch()
       t0 = time.perf_counter()
       while step < (epoch + 1) * spe:
-        # A chunk runs up to the next event: a progress sync, a mask update, the halt
-        # step or the epoch's end.
-        events = [
-          exp.log_every_steps - step % exp.log_every_steps,
-          (epoch + 1) * spe - step,
-          self.rewire.every_steps - step % self.rewire.every_steps if self.rewire.enabled else spe,
-          exp.halt_after_steps - step if exp.halt_after_steps > step else spe,
-        ]
-        n = min(events)
+        n = self.chunk_size(step)  # up to the next event
         states, metrics = run_chunk(states, epoch, step - epoch * spe, n)
         sums.add(metrics)
         step += n

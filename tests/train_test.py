@@ -231,3 +231,19 @@ def test_seed_replicas_equal_single_runs(smoke_config, tmp_path):
   assert not np.array_equal(
     singles[0].masks['head']['hidden_0']['kernel'], singles[1].masks['head']['hidden_0']['kernel']
   )
+
+
+def test_scan_chunks_tile_the_epoch():
+  assert train.scan_chunk_steps(234, 50) == 39  # Fashion-MNIST at batch 256: 6 chunks an epoch
+  assert train.scan_chunk_steps(195, 50) == 39  # CIFAR
+  assert train.scan_chunk_steps(8, 50) == 8  # a chunk never spans two epochs
+  assert train.scan_chunk_steps(8, 3) == 2
+  assert train.scan_chunk_steps(233, 50) == 50  # no divisor near 50: each epoch ends in single steps
+
+
+def test_scanned_run_compiles_one_chunk_program_when_chunks_tile_the_run(smoke_config, tmp_path, caplog):
+  smoke_config.loop = 'scan'  # 8 steps an epoch, log_every_steps 4: chunks of 4, nothing cut short
+  with caplog.at_level('INFO'):
+    train.train_and_evaluate(smoke_config, str(tmp_path))
+  compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith('compiled in')]
+  assert len(compiled) == 1 and 'train_chunk ' in compiled[0] and 'train_chunk_1' not in compiled[0], compiled

@@ -19,7 +19,7 @@
 #   1. versions and a smoke run (falls back to the carried pinned wheels if it fails);
 #   2. 30-epoch G2G runs with the scanned and the step-by-step loop, each cold (an empty
 #      compilation cache) and warm (a second run reading it);
-#   3. profile_steps.py (ms per step of the scanned chunk, the same without its per-step
+#   3. profile_steps.py (ms per step of the scanned chunk, the old chunk with a per-step
 #      lax.cond, and the step loop, plus a trace summary), then the scanned loop with
 #      while loops and conditionals in XLA's command buffers (CUDA graphs), and
 #      scanned runs without XLA's autotuning and without Triton GEMMs (cold, as the
@@ -116,13 +116,14 @@ for kind, suffix in (('cold', ''), ('warm', '_warm')):
 PY
 
 stage 'where a step goes: profile_steps.py, then with while loops and conditionals in CUDA graphs'
-# XLA:GPU's default command buffers hold fusions and library calls, not control flow: the
-# scanned chunk's per-step lax.cond then reads its predicate on the host every step.
+# XLA:GPU's default command buffers hold fusions and library calls, not control flow. The
+# loop's scanned chunk has no branch since 2026-11-27; scan_cond is the old chunk, whose
+# per-step lax.cond read its predicate on the host every step.
 cmdbuf=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL
 timeout 100 python3 experiments/bench/profile_steps.py --chunks=4 --trace_dir=/tmp/g2g-traces \
   > "$logs/profile.txt" 2>&1 || echo 'profile_steps.py FAILED'
 grep -v '^[IW][0-9]' "$logs/profile.txt"
-XLA_FLAGS="$cmdbuf" timeout 80 python3 experiments/bench/profile_steps.py --chunks=4 --loops=scan,scan_nocond \
+XLA_FLAGS="$cmdbuf" timeout 80 python3 experiments/bench/profile_steps.py --chunks=4 --loops=scan,scan_cond \
   --trace_dir=/tmp/g2g-traces-cmdbuf > "$logs/profile_cmdbuf.txt" 2>&1 || echo 'profile_steps.py (cmdbuf) FAILED'
 echo "--- XLA_FLAGS=$cmdbuf"
 grep -v '^[IW][0-9]' "$logs/profile_cmdbuf.txt"

@@ -1,13 +1,15 @@
 """Where a training step's time goes on this backend: step times and a profiler trace.
 
-python experiments/bench/profile_steps.py [--loops=scan,scan_nocond,steps] [--chunks=4]
+python experiments/bench/profile_steps.py [--loops=scan,scan_cond,steps] [--chunks=4]
 
 Runs log_every_steps (50) steps per call of the default Fashion-MNIST model (random data
 of its shapes) three ways:
-  scan         the training loop's scanned chunk (train.train_chunk: a lax.cond per step
-               skips steps past the chunk's end, so one program serves every chunk size);
-  scan_nocond  the same scan without the lax.cond (exactly 50 steps), to price the cond;
-  steps        one jitted step per call, the batch gathered and sent by the host.
+  scan       the training loop's scanned chunk (train.train_chunk: a fixed number of
+             steps, no branch);
+  scan_cond  the loop's chunk until 2026-11-27: the same scan with a lax.cond per step
+             that skips steps past the chunk's end, so that one program serves every
+             chunk size. It is kept here to price that branch;
+  steps      one jitted step per call, the batch gathered and sent by the host.
 Prints, for each: ms per step untimed by the profiler, then a jax.profiler trace of
 `--chunks` calls summarized per step: for each traced process (a GPU's streams, the
 host's threads) the events, their summed duration and the slowest kinds. They say
@@ -37,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from configs import fashion_mnist  # noqa: E402
 from g2g_jax import train  # noqa: E402
 
-_LOOPS = flags.DEFINE_list('loops', ['scan', 'scan_nocond', 'steps'], 'Which of scan, scan_nocond, steps.')
+_LOOPS = flags.DEFINE_list('loops', ['scan', 'scan_cond', 'steps'], 'Which of scan, scan_cond, steps.')
 _CHUNKS = flags.DEFINE_integer('chunks', 4, 'Calls of log_every_steps steps to time, then to trace.')
 _ROW = flags.DEFINE_string('config_row', 'g2g', 'Row of configs/fashion_mnist.py.')
 _TILES = flags.DEFINE_bool('tiles', False, 'connectivity.inter = tiles.')
@@ -69,21 +71,27 @@ def _runner(loop: str, config):
       crop_padding=exp.data.crop_padding,
     )
     fn = jax.jit(chunk, donate_argnums=0, compiler_options=opts)
-    return state, lambda st: fn(st, data, perm, 0, length)
-  if loop == 'scan_nocond':
+    return state, lambda st: fn(st, data, perm, 0)
+  if loop == 'scan_cond':
     data = jax.device_put({'image': images, 'label': labels}, replicated)
     perm = jax.device_put(rng.permutation(n).astype(np.int32), replicated)
 
-    def nocond(st, data, perm, first):
+    def with_cond(st, data, perm, first, num_steps):
       def body(st, j):
-        idx = jax.lax.dynamic_slice(perm, ((first + j) * bs,), (bs,))
-        batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
-        return step_fn(st, jax.lax.with_sharding_constraint(batch, batch_sharding))
+        def run(st):
+          idx = jax.lax.dynamic_slice(perm, ((first + j) * bs,), (bs,))
+          batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
+          return step_fn(st, jax.lax.with_sharding_constraint(batch, batch_sharding))
+
+        def skip(st):
+          return st, {'loss': jnp.zeros((), jnp.float32), 'accuracy': jnp.zeros((), jnp.float32)}
+
+        return jax.lax.cond(j < num_steps, run, skip, st)
 
       return jax.lax.scan(body, st, jnp.arange(length))
 
-    fn = jax.jit(nocond, donate_argnums=0, compiler_options=opts)
-    return state, lambda st: fn(st, data, perm, 0)
+    fn = jax.jit(with_cond, donate_argnums=0, compiler_options=opts)
+    return state, lambda st: fn(st, data, perm, 0, length)
   fn = jax.jit(step_fn, donate_argnums=0, compiler_options=opts)
   batches = [{'image': images[i * bs : (i + 1) * bs], 'label': labels[i * bs : (i + 1) * bs]} for i in range(length)]
 
@@ -126,8 +134,8 @@ def main(argv):
   print('JAX', jax.__version__, jax.devices())
   root = _TRACE_DIR.value or tempfile.mkdtemp(prefix='g2g-profile-')
   for loop in _LOOPS.value:
-    if loop not in ('scan', 'scan_nocond', 'steps'):
-      raise app.UsageError(f'--loops: {loop!r} is not one of scan, scan_nocond, steps')
+    if loop not in ('scan', 'scan_cond', 'steps'):
+      raise app.UsageError(f'--loops: {loop!r} is not one of scan, scan_cond, steps')
     state, call = _runner(loop, config)
     t0 = time.perf_counter()
     state, m = call(state)
