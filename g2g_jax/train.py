@@ -564,7 +564,7 @@ class _Loop:
     # Chunks cut short (by a mask update, the halt step, or epochs of a length that no
     # chunk divides) run as single steps, a second program compiled only when needed.
     short = any(n != full for n in self.chunk_sizes(step))
-    step_fn = self.jit(chunk(1), in_axes, donate=True, example_args=example, name='train_chunk_1') if short else None
+    single_fn = self.jit(chunk(1), in_axes, donate=True, example_args=example, name='train_chunk_1') if short else None
     perms = {}
 
     def run(states, epoch, position, n):
@@ -576,7 +576,7 @@ class _Loop:
       else:
         parts = []
         for i in range(n):
-          states, m = step_fn(states, data, perms[epoch], position + i)
+          states, m = single_fn(states, data, perms[epoch], position + i)
           parts.append(m)
         metrics = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=-1), *parts)
       return states, jax.tree.map(lambda x: x.T, metrics)  # [(seeds,) n] -> [n(, seeds)]
