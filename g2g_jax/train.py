@@ -448,17 +448,12 @@ class _Loop:
       raise ValueError('Loop.jit: a program compiled ahead needs a name for its compile time')
     kw = {'donate_argnums': 0 if donate else (), 'compiler_options': self.options}
     t0 = time.perf_counter()
-    if not self.sequential:
-      f = jax.jit(self.over_seeds(fn, in_axes), **kw)
-      if example_args is None:
-        return f
-      f = f.lower(*example_args).compile()
-      self.compile_seconds[name] = time.perf_counter() - t0
-      return f
-    f = jax.jit(fn, **kw)
+    f = jax.jit(fn if self.sequential else self.over_seeds(fn, in_axes), **kw)
     if example_args is not None:
-      f = f.lower(*_pick(example_args, in_axes, 0)).compile()
+      f = f.lower(*(_pick(example_args, in_axes, 0) if self.sequential else example_args)).compile()
       self.compile_seconds[name] = time.perf_counter() - t0
+    if not self.sequential:
+      return f
 
     def sequential(*args):
       return _combine([f(*_pick(args, in_axes, k)) for k in range(self.num_seeds)])

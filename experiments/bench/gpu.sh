@@ -103,17 +103,8 @@ train g2g_steps '' 150 --config.loop=steps $(cache steps)
 train g2g_scan_warm '' 120 --config.loop=scan $(cache scan)
 train g2g_steps_warm '' 150 --config.loop=steps $(cache steps)
 rm -rf "$runs"/smoke*
-python3 experiments/bench/summarize_runs.py "$runs"
-python3 - "$runs" <<'PY'
-import sys
-from g2g_jax import metrics
-def total(name):  # compile + epochs, seconds
-  evals = [r for r in metrics.read_records(f'{sys.argv[1]}/{name}') if r.get('kind', 'eval') == 'eval']
-  return sum(r.get('compile_seconds', 0.0) + r['epoch_seconds'] for r in evals) if evals else float('nan')
-for kind, suffix in (('cold', ''), ('warm', '_warm')):
-  steps, scan = total('g2g_steps' + suffix), total('g2g_scan' + suffix)
-  print(f'loop target ({kind} cache): steps {steps:.1f} s / scan {scan:.1f} s = {steps / scan:.2f}x (compile + training)')
-PY
+# The loop target: the step loop's total (compile + training) over the scanned one's, cold and warm.
+python3 experiments/bench/summarize_runs.py "$runs" --ratio=g2g_steps/g2g_scan --ratio=g2g_steps_warm/g2g_scan_warm
 
 stage 'where a step goes: profile_steps.py, then with while loops and conditionals in CUDA graphs'
 # XLA:GPU's default command buffers hold fusions and library calls, not control flow. The
