@@ -54,8 +54,8 @@ class Checkpointer:
 
   def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict] | None:
     """(state, meta) of the given or latest step, shaped and placed like `template`."""
-    self._manager.wait_until_finished()
-    step = self._manager.latest_step() if step is None else step
+    latest = self.latest_step()  # waits for a save in flight
+    step = latest if step is None else step
     if step is None:
       return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)

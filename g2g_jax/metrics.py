@@ -81,6 +81,20 @@ def read_runs(out_dir: str) -> dict[str, list[dict]]:
   return {name: records for name, records in runs.items() if records}
 
 
+def eval_records(records: list[dict]) -> list[dict]:
+  """The per-epoch evaluation records of a run (mask-update records have kind 'rewire')."""
+  return [r for r in records if r.get('kind', 'eval') == 'eval']
+
+
+def run_seconds(records: list[dict]) -> tuple[float | None, float]:
+  """(compile s, train s) of a run: the seconds its loop spent compiling ahead (summed over
+  restarts; None for a run from before e292a10, whose epoch 1 includes compiling) and the
+  epochs' training seconds."""
+  evals = eval_records(records)
+  compiled = [r['compile_seconds'] for r in evals if 'compile_seconds' in r]
+  return (sum(compiled) if compiled else None), sum(r['epoch_seconds'] for r in evals)
+
+
 class Progress:
   """Shows how far an epoch has got: a live bar on a terminal, else periodic lines."""
 

@@ -594,7 +594,7 @@ class _Loop:
       states = tuple(replica(states, k) for k in range(seeds))
     if step >= self.total_steps:
       logging.info('run already finished (step %d of %d): nothing to train', step, self.total_steps)
-      evals = [r for r in self.writer.records() if r.get('kind', 'eval') == 'eval']
+      evals = metrics_lib.eval_records(self.writer.records())
       return evals[-1] if evals else {'step': step}
 
     # Every program is compiled ahead, so epoch times are training alone and the

@@ -28,3 +28,15 @@ def test_progress_lines_mode():
   p = metrics.Progress('lines', stream=out)
   p.update(epoch=1, done=5, total=10, loss=0.5, accuracy=0.75, examples=100)
   assert 'epoch 1 5/10 loss 0.5000 acc 0.7500' in out.getvalue()
+
+
+def test_run_seconds_sums_compiling_over_restarts_and_skips_rewire_records():
+  records = [
+    {'kind': 'eval', 'epoch_seconds': 5.0, 'compile_seconds': 1.5},
+    {'kind': 'rewire', 'seconds': 0.25},
+    {'kind': 'eval', 'epoch_seconds': 4.0},
+    {'kind': 'eval', 'epoch_seconds': 4.5, 'compile_seconds': 0.5},  # a resumed process compiled again
+  ]
+  assert len(metrics.eval_records(records)) == 3
+  assert metrics.run_seconds(records) == (2.0, 13.5)
+  assert metrics.run_seconds([{'epoch_seconds': 6.0}]) == (None, 6.0)  # before compile time was recorded

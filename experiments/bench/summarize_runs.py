@@ -15,13 +15,6 @@ import math
 from g2g_jax import metrics
 
 
-def seconds(records: list[dict]) -> tuple[float | None, float]:
-  """(compile s or None where not recorded, train s) of one run's records."""
-  evals = [r for r in records if r.get('kind', 'eval') == 'eval']
-  compiled = [r['compile_seconds'] for r in evals if 'compile_seconds' in r]
-  return (sum(compiled) if compiled else None), sum(r['epoch_seconds'] for r in evals)
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('out_dir')
@@ -33,11 +26,11 @@ def main(argv=None):
     f'{"compile s":>9} {"train s":>8} {"total s":>8} {"ex/s (ep 2+)":>13}'
   )
   for name, records in runs.items():
-    evals = [r for r in records if r.get('kind', 'eval') == 'eval']
+    evals = metrics.eval_records(records)
     last = evals[-1]
     later = evals[1:] or evals
     rate = sum(r['examples_per_sec'] * r['epoch_seconds'] for r in later) / sum(r['epoch_seconds'] for r in later)
-    compiled, train = seconds(records)
+    compiled, train = metrics.run_seconds(records)
     compile_s = f'{"-":>9}' if compiled is None else f'{compiled:9.1f}'
     print(
       f'{name:<18} {last["epoch"]:6d} {last.get("num_seeds", 1):5d} {last["test_accuracy"]:7.4f} '
@@ -47,7 +40,7 @@ def main(argv=None):
     a, _, b = pair.partition('/')
     if not b:
       parser.error(f'--ratio={pair!r}: expected RUN_A/RUN_B')
-    total = {n: sum(c or 0.0 for c in seconds(runs[n])) if n in runs else math.nan for n in (a, b)}
+    total = {n: sum(c or 0.0 for c in metrics.run_seconds(runs[n])) if n in runs else math.nan for n in (a, b)}
     print(f'{a} / {b}: {total[a]:.1f} s / {total[b]:.1f} s = {total[a] / total[b]:.2f}x (compile + training)')
 
 

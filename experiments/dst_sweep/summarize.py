@@ -8,7 +8,7 @@ from g2g_jax import metrics
 def main(out_dir):
   print(f'{"run":<22} {"final":>7} {"best":>7} {"updates":>7} {"update s":>9} {"share":>7} {"train s":>8}')
   for name, rows in metrics.read_runs(out_dir).items():
-    evals = [r for r in rows if r.get('kind') == 'eval']
+    evals = metrics.eval_records(rows)
     rewires = [r for r in rows if r.get('kind') == 'rewire']
     train_s = sum(r['epoch_seconds'] for r in evals)
     update_s = sum(r['seconds'] for r in rewires)

@@ -27,6 +27,7 @@ import threading
 import time
 from concurrent import futures
 
+from g2g_jax import metrics
 from g2g_jax.experiment import RUNTIME_FIELDS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -112,7 +113,8 @@ def _run_child(cmd: list[str], timeout: float) -> tuple[int, str, str, float]:
 
 def summarize(records: list[dict]) -> dict:
   """What one run's metrics.jsonl says, in the shape of a results line."""
-  evals = [r for r in records if r.get('kind', 'eval') == 'eval']
+  evals = metrics.eval_records(records)
+  compile_seconds, train_seconds = metrics.run_seconds(records)
   rewires = [r for r in records if r.get('kind') == 'rewire']
   last = evals[-1]
   steady = evals[1:] or evals  # epoch 1 (in runs before e292a10 it included compiling)
@@ -126,8 +128,8 @@ def summarize(records: list[dict]) -> dict:
     'sparsity': last['sparsity'],
     'flops_per_example': last['flops_per_example'],
     'data_source': last['data_source'],
-    'train_seconds': sum(r['epoch_seconds'] for r in evals),
-    'compile_seconds': sum(r.get('compile_seconds', 0.0) for r in evals),  # 0: a run from before e292a10
+    'train_seconds': train_seconds,
+    'compile_seconds': compile_seconds or 0.0,  # 0: a run from before e292a10
     'examples_per_sec': sum(r['examples_per_sec'] for r in steady) / len(steady),
     'rewire_updates': len(rewires),
     'rewire_seconds': sum(r['seconds'] for r in rewires),
@@ -191,8 +193,6 @@ def run_one(dataset, study, entry, seed, key, changes, results, work_root, extra
   if returncode != 0:
     tail = '\n'.join((stderr or stdout).strip().splitlines()[-15:])
     raise RuntimeError(f'{study}/{entry.name} seed {seed} failed (exit {returncode}):\n{tail}')
-  from g2g_jax import metrics  # noqa: PLC0415
-
   # The run's own backend, from its log line 'JAX <version> on <backend>: <devices>': the
   # runner starts no backend of its own (on a GPU that would hold memory the runs need).
   said = re.search(r'JAX \S+ on (\w+):', stderr)
