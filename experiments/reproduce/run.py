@@ -205,6 +205,7 @@ def run_one(dataset, study, entry, seed, key, changes, results, work_root, extra
     'row': entry.row,
     'seed': seed,
     'changes': changes,
+    'kernel_init': studies.config_for(dataset, entry, seed).model.kernel_init,
     'num_epochs': entry.epochs,
     **summarize(metrics.read_records(workdir)),
     'wall_seconds': wall,

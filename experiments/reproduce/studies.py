@@ -32,18 +32,18 @@ PRUNES = ('magnitude', 'random', 'hebbian', 'mixed')
 GROWS = ('random', 'hebbian', 'gradient')
 P_INTERS = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25)
 GROUPINGS = ('index', 'random', 'mixer')
+KERNEL_INITS = ('torch', 'he_normal', 'lecun_normal')
+TABLE1 = (('FC v1', 'fc_v1'), ('FC v2', 'fc_v2'), ('ER', 'er'), ('G2G index', 'g2g_index'), ('G2G mixer', 'g2g_mixer'))
 # The Hebbian DST run whose mask is kept at the start and the end (seed 0): the
 # paper-style preset, mixed pruning and Hebbian growth.
 MASK_ENTRY = ('dst', 'mixed_hebbian')
 MASK_LAYER = 'hidden_1'  # the middle sparse layer: under mixer, contiguous in, interleaved out
 
 STUDIES = {
-  'table1': [
-    Entry('FC v1', 'fc_v1'),
-    Entry('FC v2', 'fc_v2'),
-    Entry('ER', 'er'),
-    Entry('G2G index', 'g2g_index'),
-    Entry('G2G mixer', 'g2g_mixer'),
+  'table1': [Entry(name, row) for name, row in TABLE1],
+  # table1's rows under each kernel initialisation (the paper does not give one)
+  'init': [
+    Entry(f'{name} / {init}', row, (('model.kernel_init', init),)) for init in KERNEL_INITS for name, row in TABLE1
   ],
   'p_sweep': [
     Entry(f'{grouping} p={p:.2f}', f'g2g_{grouping}', (('connectivity.p_inter', p),), epochs=20)
