@@ -81,13 +81,14 @@ def test_report_is_rebuilt_byte_for_byte_from_the_results(smoke_results, tmp_pat
     r = script('report.py', f'--results_dir={tmp}/results', f'--out_dir={out}')
     assert r.returncode == 0, r.stderr[-2000:]
   names = sorted(os.listdir(outs[0]))
-  assert names == ['README.md', 'curves_smoke.png', 'dst_smoke.png', 'mask_smoke.png']
+  assert names == ['README.md', 'curves_smoke.png', 'dst_smoke.png', 'init_smoke.png', 'mask_smoke.png']
   for name in names:
     assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
   readme = (outs[0] / 'README.md').read_text()
   record = lines(f'{tmp}/results/smoke.jsonl')[0]
-  assert f'| G2G mixer | 1 | {100 * record["final_test_accuracy"]:.2f} |' in readme
-  assert '| FC v2 | 0 | not run yet |' in readme
+  assert f'| G2G mixer | torch | 1 | {100 * record["final_test_accuracy"]:.2f} |' in readme
+  assert f'| G2G mixer / torch | torch | 1 | {100 * record["final_test_accuracy"]:.2f} |' in readme  # a shared run
+  assert '| FC v2 | | 0 | not run yet |' in readme
   assert '## CIFAR-100: not run' in readme
   check = script('report.py', f'--results_dir={tmp}/results', f'--out_dir={outs[0]}', '--check')
   assert check.returncode == 0, check.stdout

@@ -30,6 +30,7 @@ STUDY_TITLES = {
   'p_sweep': "Inter-group probability p', 20 epochs",
   'dst': "Dynamic sparse training on G2G mixer, p' = 0.15, 20 epochs",
   'tiles': 'Tiled inter-group edges against scattered ones, 30 epochs',
+  'init': "Kernel initialisation: table 1's rows under each init, 30 epochs",
 }
 STUDY_NOTES = {
   'table1': 'FC v1 is dense with as many head params as G2GNet; FC v2 is dense at width 1024; ER has '
@@ -40,6 +41,11 @@ STUDY_NOTES = {
   'tiles': "Both at G = 8, p' = 0.15. Tiles: one group-sized tile per block (tile_size = 0), each output group "
   'reads one other whole group, so the density is 25.0% against 25.6% expected for scattered edges. The '
   "scattered row is the same runs as table 1's G2G mixer.",
+  'init': "The paper does not give its initialisation. `torch` is U(±1/sqrt(fan_in)), PyTorch's default and the "
+  "lab's; `he_normal` a truncated normal of variance 2 / fan_in, the usual choice for ReLU networks; "
+  '`lecun_normal` of variance 1 / fan_in. Kernels of every layer (patch conv, hidden, output) use it, biases '
+  "start at 0, and each sparse layer's kernel is then rescaled to its active fan-in. The `torch` rows are "
+  "table 1's runs.",
 }
 # (a, b) pairs compared in the findings table, per study.
 COMPARISONS = {
@@ -56,6 +62,15 @@ COMPARISONS = {
   'p_sweep': [('mixer p=0.15', 'index p=0.15'), ('mixer p=0.15', 'random p=0.15'), ('mixer p=0.15', 'FC v2')],
   'dst': [(f'{p}_{g}', 'static') for p in studies.PRUNES for g in studies.GROWS],
   'tiles': [('tiles', 'scattered (bernoulli)')],
+  'init': [(f'{name} / {init}', f'{name} / torch') for init in studies.KERNEL_INITS[1:] for name, _ in studies.TABLE1]
+  + [
+    ('G2G mixer / he_normal', 'FC v2 / he_normal'),
+    ('G2G mixer / he_normal', 'FC v1 / he_normal'),
+    ('G2G index / he_normal', 'FC v2 / he_normal'),
+    ('ER / he_normal', 'FC v2 / he_normal'),
+    ('G2G mixer / he_normal', 'ER / he_normal'),
+    ('G2G index / he_normal', 'ER / he_normal'),
+  ],
 }
 PNG_META = {'Software': None}  # no library version in the files: the same results give the same bytes
 
@@ -103,18 +118,24 @@ def _busy_mark(recs) -> str:
   return ' ‡' if any(x is None for x in loads) else ''
 
 
+def kernel_init(record: dict) -> str:
+  """The init a run used. Lines written before results said it all used the default, 'torch'."""
+  return record.get('kernel_init', 'torch')
+
+
 def study_table(rows) -> list[str]:
   lines = [
-    '| run | seeds | final test acc % | best test acc % | head params | sparsity % | MFLOPs / example '
+    '| run | init | seeds | final test acc % | best test acc % | head params | sparsity % | MFLOPs / example '
     '| train s | whole run s | examples/s |',
-    '|---|---|---|---|---|---|---|---|---|---|',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for entry, recs in rows:
     if not recs:
-      lines.append(f'| {entry.name} | 0 | not run yet | | | | | | | |')
+      lines.append(f'| {entry.name} | | 0 | not run yet | | | | | | | |')
       continue
+    inits = ', '.join(sorted({kernel_init(r) for r in recs}))
     lines.append(
-      f'| {entry.name} | {len(recs)} | {_pm([r["final_test_accuracy"] for r in recs])} '
+      f'| {entry.name} | {inits} | {len(recs)} | {_pm([r["final_test_accuracy"] for r in recs])} '
       f'| {_pm([r["best_test_accuracy"] for r in recs])} | {int(np.mean([r["head_params"] for r in recs])):,} '
       f'| {100 * np.mean([r["sparsity"] for r in recs]):.2f} '
       f'| {np.mean([r["flops_per_example"] for r in recs]) / 1e6:.2f} '
@@ -257,6 +278,31 @@ def figure_dst(rows, path, title):
   _finish(fig, ax, path, title, '', 'final test accuracy %', legend='static' in names)
 
 
+def figure_init(rows, path, title):
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  by_name = {e.name: recs for e, recs in rows}
+  fig, ax = plt.subplots(figsize=(7, 4))
+  width = 0.8 / len(studies.KERNEL_INITS)
+  lows = []
+  for j, init in enumerate(studies.KERNEL_INITS):
+    xs, ms, ss = [], [], []
+    for i, (name, _) in enumerate(studies.TABLE1):
+      recs = by_name.get(f'{name} / {init}', [])
+      if recs:
+        m, s = _stats([r['final_test_accuracy'] for r in recs])
+        xs.append(i + (j - (len(studies.KERNEL_INITS) - 1) / 2) * width)
+        ms.append(100 * m)
+        ss.append(0.0 if np.isnan(s) else 100 * s)
+    if xs:
+      ax.bar(xs, ms, width, yerr=ss, capsize=3, label=init)
+      lows += ms
+  ax.set_xticks(range(len(studies.TABLE1)), [name for name, _ in studies.TABLE1])
+  if lows:
+    ax.set_ylim(min(lows) - 1.5, max(lows) + 1.0)
+  _finish(fig, ax, path, title, '', 'final test accuracy %')
+
+
 def figure_mask(snapshot_path, path, title):
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
@@ -313,8 +359,8 @@ def build(results_dir: str, out_dir: str, figures: bool = True) -> str:
     'seeds (sample std, ddof = 1); a single seed shows no spread. Final is the last epoch, best the best',
     'epoch (the lab reports best). Head params count active weights of the MLP head, as the paper does;',
     'sparsity is over the sparse hidden layers; FLOPs count multiply-adds twice, forward pass, whole model.',
-    "Train s is the sum of the epochs' training time (no evaluation; runs since commit e292a10 compile",
-    "before epoch 1, so no compiling either); whole run s is the command's wall time (start-up,",
+    "Train s is the sum of the epochs' training time (no evaluation; the runs that record compile_seconds",
+    "compiled before epoch 1, so no compiling either); whole run s is the command's wall time (start-up,",
     'compilation, evaluation and checkpoints included); examples/s is over epochs 2 and on.',
     f'Timings: † marks an entry where other work used more than {BUSY_CORES} of a core on average during',
     "some seed's run (the runner measures it: `other_cores`), so its time is inflated; ‡ one where that was",
@@ -335,9 +381,10 @@ def build(results_dir: str, out_dir: str, figures: bool = True) -> str:
     '--results_dir=/tmp/check`. Runs are deterministic on a given machine (the same seed gave bit-identical',
     'accuracies at different commits and on a clean clone); another machine may differ in float rounding.',
     '',
-    'Studies: `table1`, `p_sweep`, `dst`, `tiles`; datasets: `fashion_mnist`, `cifar10`, `cifar100`.',
+    f'Studies: {", ".join(f"`{s}`" for s in studies.STUDIES)}; datasets: `fashion_mnist`, `cifar10`, `cifar100`.',
     'Each finished run appends one line to `experiments/results/<dataset>.jsonl` with its key (the config',
-    'fields it changes), seed, accuracies and curves, accounting, timing, the commit and the machine.',
+    'fields it changes), seed, kernel init, accuracies and curves, accounting, timing, the commit and the',
+    "machine. The init column says which kernel initialisation each entry's runs used.",
     'CIFAR-10 here is the JPEG copy (`python3 ../shared/data/prepare_cifar10.py ~/.cache/g2g_jax`).',
     '',
   ]
@@ -399,6 +446,10 @@ def build(results_dir: str, out_dir: str, figures: bool = True) -> str:
         figure = f'p_sweep_{dataset}.png'
         if figures:
           figure_p_sweep(rows, os.path.join(out_dir, figure), f"{DATASET_TITLES[dataset]}: accuracy against p'")
+      elif study == 'init':
+        figure = f'init_{dataset}.png'
+        if figures:
+          figure_init(rows, os.path.join(out_dir, figure), f'{DATASET_TITLES[dataset]}: accuracy by kernel init')
       elif study == 'dst':
         figure = f'dst_{dataset}.png'
         if figures:
