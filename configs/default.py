@@ -25,11 +25,9 @@ ROWS = {
 def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # int: the one seed of params, masks, shuffling and augmentation
-  c.num_seeds = 1  # independent replicas trained in one program: seeds seed .. seed + num_seeds - 1
-  # How replicas are computed: 'vmap' (batched ops; for accelerators), 'unroll' (each replica's
-  # own ops in one program, states kept apart), 'sequential' (one compiled step called once per
-  # replica; fastest on a CPU), 'auto' (sequential on a CPU, else vmap).
-  c.seed_layout = 'auto'
+  # Independent replicas trained in one program, vmapped: seeds seed .. seed + num_seeds - 1.
+  # Pays on an accelerator; on a CPU, run seeds as separate processes (experiments/reproduce).
+  c.num_seeds = 1
   c.num_epochs = 30  # epochs: passes over the training set
   c.batch_size = 256  # examples per optimizer step, over all devices
   c.eval_batch_size = 1000  # examples per evaluation step, over all devices
@@ -42,13 +40,8 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   # 'steps': one jitted call per step, batches gathered on the host; 'scan': the dataset
   # stays on the device and one call runs a chunk of steps (lax.scan; the chunk is the largest
   # divisor of the epoch's steps up to log_every_steps: 39 for Fashion-MNIST); 'auto':
-  # steps on a CPU (measured faster there), scan on GPU / TPU (launch-bound at these widths).
+  # steps on a CPU, scan on GPU / TPU (experiments/bench/README.md).
   c.loop = 'auto'
-  # Which library runs the matmuls XLA compiles for a CPU: 'xla' (XLA's own choice, YNNPACK
-  # in jaxlib 0.10), 'eigen' (YNNPACK's dots off, so Eigen runs them), 'auto' (eigen when a
-  # hidden layer is tiled, else xla: fastest or within 5% on a 2-core CPU, bench README).
-  # GPU and TPU ignore it.
-  c.cpu_dots = 'auto'
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'fashion_mnist'  # 'fashion_mnist' | 'cifar10' | 'cifar100' | 'synthetic'
@@ -80,7 +73,9 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   c.connectivity.p_intra = 1.0  # p: edge probability inside a group, in [0, 1]
   c.connectivity.p_inter = 0.15  # p': edge probability between groups, in [0, 1]
   c.connectivity.inter = 'bernoulli'  # 'bernoulli' (scattered, the paper's) | 'tiles' (blocks; fast path, g2g only)
-  c.connectivity.tile_size = 0  # neurons per tile side, inter = 'tiles'; 0 = one tile per group side (fastest)
+  c.connectivity.tile_size = (
+    0  # neurons per tile side, inter = 'tiles'; 0 = one tile per group side (small tiles are slow on a CPU)
+  )
   c.connectivity.tile_density = 1.0  # edges present inside an inter tile, (0, 1]; < 1 leaves DST room to grow
 
   # Dynamic sparse training (g2g_jax/rewiring.py): off unless prune and grow are both set.

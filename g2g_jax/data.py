@@ -2,7 +2,7 @@
 
 All datasets used here fit in memory many times over, so a split is two arrays:
 images uint8 [N, H, W, C] and labels int32 [N]. Scaling to [0, 1] and augmentation
-happen on the device, inside the jitted step (see `augment`).
+happen on the device, inside the jitted step (input_pipeline.preprocess).
 
 Source order for `source='auto'`: tfds if it already holds a prepared copy; the local
 official-format files under `data_dir` (and the Debian location for Fashion-MNIST);
@@ -19,8 +19,6 @@ import pickle
 import socket
 import struct
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -60,6 +58,44 @@ class SyntheticSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """Which dataset, where to look for it, and how training augments it (config.data)."""
+
+  name: str  # 'fashion_mnist' | 'cifar10' | 'cifar100' | 'synthetic'
+  source: str = 'auto'  # 'auto' (tfds prepared > local files > tfds download) | 'tfds' | 'local' | 'synthetic'
+  dir: str = ''  # root of local official-format copies; '' = DEFAULT_DATA_DIR
+  tfds_data_dir: str = ''  # tfds data dir; '' = tfds' default
+  download: bool = True  # let 'auto' download through tfds when the network answers
+  augment: str = 'none'  # 'none' | 'crop_flip' (the parser resolves the config's 'auto')
+  crop_padding: int = 4  # pixels of zero padding around a random crop
+  synthetic_num_train: int = 512  # the synthetic data's size and shape (name or source 'synthetic')
+  synthetic_num_test: int = 256
+  synthetic_image_size: int = 28
+  synthetic_channels: int = 1
+  synthetic_num_classes: int = 10
+
+  @property
+  def synthetic(self) -> SyntheticSpec:
+    return SyntheticSpec(
+      self.synthetic_num_train,
+      self.synthetic_num_test,
+      self.synthetic_image_size,
+      self.synthetic_channels,
+      self.synthetic_num_classes,
+    )
+
+  @property
+  def info(self) -> DatasetInfo:
+    """The shapes and split sizes this spec loads (synthetic sizes with source 'synthetic')."""
+    if self.name == 'synthetic':
+      return dataset_info(self.name, self.synthetic)
+    info = DATASETS[self.name]
+    if self.source == 'synthetic':  # random content in the named dataset's shape
+      return dataclasses.replace(info, num_train=self.synthetic_num_train, num_test=self.synthetic_num_test)
+    return info
+
+
+@dataclasses.dataclass(frozen=True)
 class Dataset:
   name: str
   source: str  # where the arrays came from, for the log
@@ -75,7 +111,11 @@ class Dataset:
 
 
 class DataNotFoundError(FileNotFoundError):
-  pass
+  """No copy of the dataset where the spec says to look."""
+
+
+class DataError(ValueError):
+  """A copy of the dataset that is not what it should be (its size, its contents)."""
 
 
 def dataset_info(name: str, synthetic: SyntheticSpec = SyntheticSpec()) -> DatasetInfo:
@@ -292,16 +332,15 @@ def make_synthetic(spec: SyntheticSpec):
 # ---------------------------------------------------------------------------------
 
 
-def load_dataset(
-  name: str,
-  *,
-  source: str = 'auto',
-  data_dir: str = '',
-  tfds_data_dir: str = '',
-  download: bool = True,
-  synthetic: SyntheticSpec = SyntheticSpec(),
-) -> Dataset:
-  """Loads both splits of a dataset by name (see the module docstring for the order)."""
+def load_dataset(spec: DataSpec) -> Dataset:
+  """Loads both splits of the spec's dataset (see the module docstring for the order)."""
+  name, source, tfds_data_dir, download, synthetic = (
+    spec.name,
+    spec.source,
+    spec.tfds_data_dir,
+    spec.download,
+    spec.synthetic,
+  )
   if name == 'synthetic' or source == 'synthetic':
     if name != 'synthetic':  # random content in the named dataset's shape and classes
       info = DATASETS[name]
@@ -310,7 +349,7 @@ def load_dataset(
       )
     return Dataset(name, 'synthetic', *make_synthetic(synthetic), num_classes=synthetic.num_classes)
 
-  data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
+  data_dir = os.path.expanduser(spec.dir or DEFAULT_DATA_DIR)
   looked = []
   arrays = None
   if source == 'tfds':
@@ -340,6 +379,21 @@ def load_dataset(
   return Dataset(name, where, train_x, train_y, test_x, test_y, num_classes=info.num_classes)
 
 
+def check_sizes(dataset: Dataset, info: DatasetInfo) -> Dataset:
+  """The dataset, if each split holds as many images and labels as `info` says (a run's
+  schedule is computed from those); else a DataError."""
+  for split, images, labels, expected in (
+    ('train', dataset.train_images, dataset.train_labels, info.num_train),
+    ('test', dataset.test_images, dataset.test_labels, info.num_test),
+  ):
+    if len(images) != expected or len(labels) != expected:
+      raise DataError(
+        f'{dataset.name} from {dataset.source}: the {split} split has {len(images)} images and {len(labels)} '
+        f'labels, expected {expected} of each'
+      )
+  return dataset
+
+
 def _not_found_message(name: str, looked: list[str], data_dir: str) -> str:
   how = {
     'fashion_mnist': f'apt-get install dataset-fashion-mnist (files go to {DEBIAN_FASHION_MNIST}), '
@@ -349,34 +403,3 @@ def _not_found_message(name: str, looked: list[str], data_dir: str) -> str:
     'cifar100': f'put cifar-100-python/ in {data_dir}, or run where tfds can download it',
   }[name]
   return f'dataset {name!r} not found. Looked in: ' + '; '.join(looked) + f'. To get it: {how}.'
-
-
-# ---------------------------------------------------------------------------------
-# On-device preprocessing.
-
-
-def to_float(images_u8: jax.Array) -> jax.Array:
-  return images_u8.astype(jnp.float32) / 255.0
-
-
-def random_crop_flip(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
-  """Random crop back to size from a zero-padded image, and a random horizontal flip."""
-  b, h, w, _ = images.shape
-  k_crop, k_flip = jax.random.split(key)
-  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * padding + 1)
-
-  def crop(img, off):
-    return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
-
-  cropped = jax.vmap(crop)(padded, offsets)
-  flip = jax.random.bernoulli(k_flip, 0.5, (b,))
-  return jnp.where(flip[:, None, None, None], cropped[:, :, ::-1], cropped)
-
-
-def preprocess(key: jax.Array, images_u8: jax.Array, augment: str, padding: int) -> jax.Array:
-  """uint8 images to float [0, 1], augmented when training ('crop_flip' or 'none')."""
-  images = to_float(images_u8)
-  if augment == 'crop_flip':
-    images = random_crop_flip(key, images, padding)
-  return images

@@ -11,8 +11,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from g2g_jax import train
-from g2g_jax.data import DataNotFoundError
-from g2g_jax.experiment import ConfigError
+from g2g_jax.config import ConfigError
+from g2g_jax.data import DataError, DataNotFoundError
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Path to a config file (configs/*.py[:row]).', lock_config=True
@@ -40,7 +40,7 @@ def main(argv):
   logging.info('JAX %s on %s: %s', jax.__version__, jax.default_backend(), jax.devices())
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, DataNotFoundError, FloatingPointError) as e:
+  except (ConfigError, DataNotFoundError, DataError, FloatingPointError) as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
 

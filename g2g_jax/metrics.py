@@ -1,4 +1,5 @@
-"""Metric writers (JSON lines, TensorBoard) and the progress display."""
+"""Metric records: what they hold, how they are written (JSON lines, TensorBoard) and read,
+the running sums of an epoch, and the progress display."""
 
 import json
 import os
@@ -6,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+import jax
 import numpy as np
 
 METRICS_FILE = 'metrics.jsonl'
@@ -88,21 +90,122 @@ def eval_records(records: list[dict]) -> list[dict]:
 
 def run_seconds(records: list[dict]) -> tuple[float | None, float]:
   """(compile s, train s) of a run: the seconds its loop spent compiling ahead (summed over
-  restarts; None for a run from before e292a10, whose epoch 1 includes compiling) and the
-  epochs' training seconds."""
+  restarts; None for runs that did not record it) and the epochs' training seconds."""
   evals = eval_records(records)
   compiled = [r['compile_seconds'] for r in evals if 'compile_seconds' in r]
   return (sum(compiled) if compiled else None), sum(r['epoch_seconds'] for r in evals)
 
 
-class Progress:
-  """Shows how far an epoch has got: a live bar on a terminal, else periodic lines."""
+class EpochSums:
+  """Running sums of the current epoch's training metrics, per seed, read every few steps."""
 
-  def __init__(self, mode: str = 'auto', stream=None):
+  def __init__(self, num_seeds: int, loss=None, correct=None, count=0, seconds=0.0):
+    self.loss = np.zeros(num_seeds) if loss is None else np.asarray(loss, np.float64)
+    self.correct = np.zeros(num_seeds) if correct is None else np.asarray(correct, np.float64)
+    self.count, self.seconds = count, seconds
+    self._pending = []
+
+  def add(self, metrics: dict):
+    """Metrics of consecutive steps, each value [num_steps(, num_seeds)] (device arrays)."""
+    self._pending.append(metrics)
+
+  def sync(self, last_step: int, batch_size: int) -> tuple[int, int, float] | None:
+    """Fetches the pending metrics and adds them. Returns (step, replica, loss) of the first
+    non-finite loss, adding nothing, or None."""
+    fetched = jax.device_get(self._pending)
+    self._pending = []
+    losses = np.concatenate([np.reshape(m['loss'], (len(m['loss']), -1)) for m in fetched])  # [steps, seeds]
+    accs = np.concatenate([np.reshape(m['accuracy'], (len(m['accuracy']), -1)) for m in fetched])
+    bad = np.argwhere(~np.isfinite(losses))
+    if bad.size:
+      j, k = bad[0]
+      return last_step - len(losses) + 1 + int(j), int(k), float(losses[j, k])
+    for loss, acc in zip(losses, accs, strict=True):  # step by step: resume-exact sums
+      self.loss += loss.astype(np.float64) * batch_size
+      self.correct += acc.astype(np.float64) * batch_size
+      self.count += batch_size
+    return None
+
+  def mean_loss(self) -> float:
+    return float(np.mean(self.loss)) / max(self.count, 1)
+
+  def mean_accuracy(self) -> float:
+    return float(np.mean(self.correct)) / max(self.count, 1)
+
+  def to_meta(self) -> dict:
+    return {'loss': self.loss.tolist(), 'correct': self.correct.tolist(), 'count': self.count, 'seconds': self.seconds}
+
+
+def per_seed(name: str, values) -> dict:
+  """A metric of every seed: the value itself for one seed; else mean, std and the list."""
+  values = np.asarray(values, np.float64)
+  if values.size == 1:
+    return {name: float(values[0])}
+  return {name: float(values.mean()), f'{name}_std': float(values.std(ddof=1)), f'{name}_per_seed': values.tolist()}
+
+
+def eval_record(*, step, epoch, sums: EpochSums, test: dict, best, accts: list[dict], **extra) -> dict:
+  """The record of one evaluation: the epoch's training metrics, the test metrics and the
+  accounting (means over seeds; per-seed lists with num_seeds > 1), plus `extra` fields."""
+  seeds = len(accts)
+  record = {
+    'kind': 'eval',
+    'step': step,
+    'epoch': epoch,
+    **per_seed('train_loss', sums.loss / sums.count),
+    **per_seed('train_accuracy', sums.correct / sums.count),
+    **per_seed('test_loss', test['loss']),
+    **per_seed('test_accuracy', test['accuracy']),
+    **per_seed('best_test_accuracy', best),
+    'sparsity': float(np.mean([a['sparsity'] for a in accts])),
+    'head_params': int(round(np.mean([a['head_params'] for a in accts]))),
+    'total_params': int(round(np.mean([a['total_params'] for a in accts]))),
+    'flops_per_example': float(np.mean([a['flops_per_example'] for a in accts])),
+    **extra,
+  }
+  if seeds > 1:
+    record['num_seeds'] = seeds
+  return record
+
+
+def eval_line(record: dict) -> str:
+  seeds = record.get('num_seeds', 1)
+  return (
+    f'epoch {record["epoch"]} step {record["step"]}: train loss {record["train_loss"]:.4f} '
+    f'acc {record["train_accuracy"]:.4f} | test loss {record["test_loss"]:.4f} acc {record["test_accuracy"]:.4f} '
+    f'(best {record["best_test_accuracy"]:.4f}) | {record["examples_per_sec"]:.0f} ex/s'
+    + (f' | mean of {seeds} seeds, test acc std {record["test_accuracy_std"]:.4f}' if seeds > 1 else '')
+  )
+
+
+def rewire_record(step: int, seconds: float, info: dict, num_seeds: int) -> tuple[dict, str]:
+  """(record, log line) of one mask update, from update_masks' per-layer info (host arrays)."""
+  record = {'kind': 'rewire', 'step': step, 'seconds': seconds}
+  parts = []
+  for layer, values in info.items():
+    summary = {}
+    for key, value in values.items():
+      # Counts are ints, the rest floats; a turnover of -1 means "no update before".
+      seeds = [None if key == 'turnover' and v < 0 else v for v in np.atleast_1d(value).tolist()]
+      record[f'{layer}/{key}'] = seeds[0] if num_seeds == 1 else seeds
+      known = [v for v in seeds if v is not None]
+      summary[key] = float(np.mean(known)) if known else None
+    groups = f' intra {summary["intra"]:.0f} inter {summary["inter"]:.0f}' if 'intra' in summary else ''
+    turnover = f' turnover {summary["turnover"]:.3f}' if summary['turnover'] is not None else ''
+    parts.append(
+      f'{layer}: -{summary["pruned"]:.0f} +{summary["grown"]:.0f}{groups} '
+      f'|w|pruned {summary["pruned_mean_abs_weight"]:.4f}{turnover}'
+    )
+  mean = f' (mean of {num_seeds} seeds)' if num_seeds > 1 else ''
+  return record, f'rewire at step {step} ({seconds:.3f}s){mean}: ' + '; '.join(parts)
+
+
+class Progress:
+  """Shows how far an epoch has got: a live bar, periodic lines, or nothing."""
+
+  def __init__(self, mode: str = 'lines', stream=None):
     self.stream = stream or sys.stderr
-    if mode == 'auto':
-      mode = 'bar' if getattr(self.stream, 'isatty', lambda: False)() else 'lines'
-    self.mode = mode
+    self.mode = mode  # 'bar' | 'lines' | 'none'
     self._t0 = time.perf_counter()
 
   def start_epoch(self):

@@ -4,21 +4,68 @@ The modules never see connectivity masks: the train step keeps pruned weights at
 zero in the params, so a masked layer is an ordinary `nn.Dense`.
 """
 
+import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from g2g_jax import connectivity as conn
+from g2g_jax import tiles
 from g2g_jax.tiles import TiledDense, TilePlan
 
 ORDERS = ('patch_major', 'channel_major')
+WIDTH_RULES = ('fixed', 'match_g2g_params')
 # name -> (scale, distribution) of a fan-in variance-scaling initialiser.
 KERNEL_INITS = {
   'torch': (1 / 3, 'uniform'),  # PyTorch's Linear / Conv default (the lab's code): U(+-1/sqrt(fan_in))
   'lecun_normal': (1.0, 'truncated_normal'),
   'he_normal': (2.0, 'truncated_normal'),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """The network's shape (config.model), with the hidden widths and classes it resolves to."""
+
+  patch_grid: int = 4  # patches per image side
+  patch_channels: int = 32  # conv channels per patch
+  feature_order: str = 'patch_major'  # 'patch_major' | 'channel_major'
+  hidden_width: int = 1024  # the config's width (widths holds what the width rule made of it)
+  num_hidden: int = 3
+  width_rule: str = 'fixed'  # 'fixed' | 'match_g2g_params' (FC v1)
+  kernel_init: str = 'torch'  # a name in KERNEL_INITS
+  widths: tuple[int, ...] = (1024, 1024, 1024)  # resolved hidden widths
+  num_classes: int = 10
+
+  @property
+  def num_patches(self) -> int:
+    return self.patch_grid**2
+
+  @property
+  def num_features(self) -> int:
+    return self.num_patches * self.patch_channels
+
+
+def make_model(spec: ModelSpec, connectivity: conn.ConnectivitySpec) -> 'G2GNet':
+  """G2GNet for the spec; its hidden layers are TiledDense when connectivity.inter is 'tiles'."""
+  plans = ()
+  if connectivity.inter == 'tiles':
+    sizes = [spec.num_features, *spec.widths]
+    plans = tuple(
+      tiles.plan_layer(n_in, n_out, k, connectivity)
+      for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
+    )
+  return G2GNet(
+    widths=spec.widths,
+    num_classes=spec.num_classes,
+    patch_grid=spec.patch_grid,
+    patch_channels=spec.patch_channels,
+    feature_order=spec.feature_order,
+    kernel_init=spec.kernel_init,
+    tile_plans=plans,
+  )
 
 
 def kernel_init(name: str, in_axis=-2, out_axis=-1) -> nn.initializers.Initializer:
@@ -102,13 +149,14 @@ class G2GNet(nn.Module):
 
   widths: Sequence[int]
   num_classes: int
-  grid: int = 4
-  channels: int = 32
-  order: str = 'patch_major'
+  patch_grid: int = 4
+  patch_channels: int = 32
+  feature_order: str = 'patch_major'
   kernel_init: str = 'torch'
   tile_plans: Sequence[TilePlan | None] = ()
 
   @nn.compact
   def __call__(self, images: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    features = PatchEncoder(self.grid, self.channels, self.order, self.kernel_init, name='encoder')(images)
+    encoder = PatchEncoder(self.patch_grid, self.patch_channels, self.feature_order, self.kernel_init, name='encoder')
+    features = encoder(images)
     return MLPHead(self.widths, self.num_classes, self.kernel_init, self.tile_plans, name='head')(features)

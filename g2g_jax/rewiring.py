@@ -1,6 +1,6 @@
 """Dynamic sparse training: prune and grow criteria, Hebbian scores, schedule, update_masks.
 
-`update_masks(state, batch, rng, *, cfg)` is a pure function, jitted once by the loop.
+`update_masks(state, batch, rng, *, spec)` is a pure function, jitted once by the loop.
 For every sparse layer it prunes n = round(fraction x active edges) present edges and
 grows n absent ones, so each layer's density is exactly constant. Shapes never depend
 on n (selection is by rank, with n a traced number), so a decaying fraction does not
@@ -23,8 +23,7 @@ import optax
 from flax import traverse_util
 
 from g2g_jax import connectivity as conn
-from g2g_jax import data as data_lib
-from g2g_jax import tiles
+from g2g_jax import input_pipeline, schedule, tiles
 
 PRUNE = ('none', 'magnitude', 'random', 'hebbian', 'mixed')
 GROW = ('none', 'random', 'hebbian', 'gradient')
@@ -32,38 +31,43 @@ CANDIDATES = ('all', 'same_kind')
 FRACTION_SCHEDULES = ('constant', 'cosine')
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class RewireSpec:
-  """When and how masks are rewired. Off unless both criteria are set."""
+  """When and how masks are rewired (config.rewiring). Off unless both criteria are set."""
 
   prune: str = 'none'  # 'magnitude' (SET) | 'random' | 'hebbian' | 'mixed' (thirds) | 'none'
   grow: str = 'none'  # 'random' | 'hebbian' | 'gradient' (RigL) | 'none'
   fraction: float = 0.1  # share of a layer's active edges pruned (and grown) per update
-  fraction_schedule: str = 'constant'  # 'constant' | 'cosine' (decays to 0 at end_steps, as RigL)
-  every_steps: int = 1000  # optimizer steps between updates
-  start_steps: int = 0  # first step at which an update may run
-  end_steps: int = 0  # last step at which an update may run (the loop sets 0 to the run's end)
+  fraction_schedule: str = 'constant'  # 'constant' | 'cosine' (decays to 0 at rewire_end_steps, as RigL)
+  rewire_every_steps: int = 1000  # optimizer steps between updates
+  rewire_start_steps: int = 0  # first step at which an update may run
+  rewire_end_steps: int = 0  # last step at which an update may run (the parser resolves 0 to the run's end)
   candidates: str = 'all'  # 'all' absent edges | 'same_kind': intra for intra, inter for inter
   hebbian_batches: int = 1  # the score averages over this many most recent training batches
   reset_optimizer_state: bool = True  # zero the optimizer moments of pruned and grown entries
-  # Per sparse layer, its number of active edges (constant: every update keeps it). It
-  # bounds n statically, which makes selection fast; () falls back to the layer size.
-  active_edges: tuple = ()
 
   @property
   def enabled(self) -> bool:
     return self.prune != 'none' and self.grow != 'none'
 
   def due(self, step: int) -> bool:
-    """Whether the loop runs an update right after optimizer step `step`."""
-    return self.enabled and step > 0 and step % self.every_steps == 0 and self.start_steps <= step <= self.end_steps
+    """Whether an update runs right after optimizer step `step`."""
+    return self.enabled and schedule.due(step, self.rewire_every_steps, self.rewire_start_steps, self.rewire_end_steps)
 
   def fraction_at(self, step):
     if self.fraction_schedule == 'constant':
       return jnp.asarray(self.fraction, jnp.float32)
-    span = max(self.end_steps - self.start_steps, 1)
-    t = jnp.clip((step - self.start_steps) / span, 0.0, 1.0)
+    span = max(self.rewire_end_steps - self.rewire_start_steps, 1)
+    t = jnp.clip((step - self.rewire_start_steps) / span, 0.0, 1.0)
     return self.fraction * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+
+  def summary(self) -> str:
+    return (
+      f'prune {self.prune}, grow {self.grow} among {self.candidates} absent edges, fraction {self.fraction} '
+      f'({self.fraction_schedule}) every {self.rewire_every_steps} steps in '
+      f'[{self.rewire_start_steps}, {self.rewire_end_steps}], scores over {self.hebbian_batches} batch(es), '
+      f'reset optimizer state: {self.reset_optimizer_state}'
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -130,20 +134,20 @@ def grow_layer(criterion: str, candidates, hebbian, gradient, key, n, k_max=None
   return select_top(score, candidates, n, k_max)
 
 
-def rewire_layer(cfg: RewireSpec, mask, kernel, n, key, hebbian=None, gradient=None, same_group=None, k_max=None):
+def rewire_layer(spec: RewireSpec, mask, kernel, n, key, hebbian=None, gradient=None, same_group=None, k_max=None):
   """(pruned, grown) bool masks of one layer; both hold n edges (exactly constant density).
 
   k_max, a static bound on n, only makes the selection faster.
   """
   k_prune, k_grow, k_grow2 = jax.random.split(key, 3)
-  pruned = prune_layer(cfg.prune, mask, kernel, hebbian, k_prune, n, k_max)
+  pruned = prune_layer(spec.prune, mask, kernel, hebbian, k_prune, n, k_max)
   absent = ~(mask & ~pruned)
-  if cfg.candidates == 'same_kind':
+  if spec.candidates == 'same_kind':
     n_intra = jnp.sum(pruned & same_group)
-    grown = grow_layer(cfg.grow, absent & same_group, hebbian, gradient, k_grow, n_intra, k_max)
-    grown |= grow_layer(cfg.grow, absent & ~same_group, hebbian, gradient, k_grow2, n - n_intra, k_max)
+    grown = grow_layer(spec.grow, absent & same_group, hebbian, gradient, k_grow, n_intra, k_max)
+    grown |= grow_layer(spec.grow, absent & ~same_group, hebbian, gradient, k_grow2, n - n_intra, k_max)
   else:
-    grown = grow_layer(cfg.grow, absent, hebbian, gradient, k_grow, n, k_max)
+    grown = grow_layer(spec.grow, absent, hebbian, gradient, k_grow, n, k_max)
   return pruned, grown
 
 
@@ -163,13 +167,13 @@ def count_active(masks) -> tuple[int, ...]:
   return tuple(int(jnp.sum(flat[p])) for p in sparse_paths(masks))
 
 
-def _layer_signals(state, batch, cfg: RewireSpec, paths):
+def _layer_signals(state, batch, spec: RewireSpec, paths):
   """Hebbian scores and dense-gradient magnitudes per sparse layer, averaged over batches."""
-  need_hebbian = cfg.prune in ('hebbian', 'mixed') or cfg.grow == 'hebbian'
-  need_gradient = cfg.grow == 'gradient'
+  need_hebbian = spec.prune in ('hebbian', 'mixed') or spec.grow == 'hebbian'
+  need_gradient = spec.grow == 'gradient'
 
   def one_batch(b):
-    images = data_lib.to_float(b['image'])
+    images = input_pipeline.to_float(b['image'])
 
     def loss_fn(params):
       logits, acts = state.apply_fn(state.variables(params), images)
@@ -190,15 +194,15 @@ def _layer_signals(state, batch, cfg: RewireSpec, paths):
   return jax.tree.map(lambda x: jnp.mean(x, axis=0), signals)
 
 
-def update_masks(state, batch: dict, rng: jax.Array, *, cfg: RewireSpec) -> tuple[Any, dict]:
+def update_masks(state, batch: dict, rng: jax.Array, *, spec: RewireSpec) -> tuple[Any, dict]:
   """Prunes and regrows every sparse layer once; returns the new state and counts.
 
   Args:
     state: a TrainState; its params, masks, opt_state and last_grown are updated.
     batch: {'image': uint8 [k, B, H, W, C], 'label': int [k, B]}, the k most recent
-      training batches (k = cfg.hebbian_batches), for the Hebbian and gradient scores.
+      training batches (k = spec.hebbian_batches), for the Hebbian and gradient scores.
     rng: key for the random criteria.
-    cfg: the RewireSpec (bound with functools.partial before jit).
+    spec: the RewireSpec (bound with functools.partial before jit).
 
   Returns:
     (state, info): info maps each layer name to pruned and grown counts, intra- and
@@ -206,8 +210,8 @@ def update_masks(state, batch: dict, rng: jax.Array, *, cfg: RewireSpec) -> tupl
     turnover (share of the previous update's grown edges pruned now; -1 before any).
   """
   paths = sparse_paths(state.masks)
-  hebbian, gradients = _layer_signals(state, batch, cfg, paths)
-  fraction = cfg.fraction_at(state.step)
+  hebbian, gradients = _layer_signals(state, batch, spec, paths)
+  fraction = spec.fraction_at(state.step)
   flat_w = traverse_util.flatten_dict(state.params)
   flat_m = traverse_util.flatten_dict(state.masks)
   flat_g = traverse_util.flatten_dict(state.last_grown)
@@ -226,9 +230,10 @@ def update_masks(state, batch: dict, rng: jax.Array, *, cfg: RewireSpec) -> tupl
     else:
       same_group = None
     n = jnp.round(fraction * jnp.sum(mask)).astype(jnp.int32)
-    k_max = int(round(cfg.fraction * cfg.active_edges[k])) + 1 if cfg.active_edges else None
+    # A static bound on n (the state's active edges are constant): top_k of it, not a full sort.
+    k_max = int(round(spec.fraction * state.active_edges[k])) + 1
     key = jax.random.fold_in(rng, k)
-    pruned, grown = rewire_layer(cfg, mask, kernel, n, key, heb, gradients[k], same_group, k_max)
+    pruned, grown = rewire_layer(spec, mask, kernel, n, key, heb, gradients[k], same_group, k_max)
     mask_after = (mask & ~pruned) | grown
     new_m[path] = mask_after
     new_w[path] = jnp.where(mask_after & ~grown, kernel, 0.0)
@@ -249,7 +254,7 @@ def update_masks(state, batch: dict, rng: jax.Array, *, cfg: RewireSpec) -> tupl
 
   changed_tree = traverse_util.unflatten_dict({p: changed.get(p) for p in flat_m})
   opt_state = state.opt_state
-  if cfg.reset_optimizer_state:
+  if spec.reset_optimizer_state:
     opt_state = optax.tree_map_params(
       state.tx, lambda v, c: v if c is None else jnp.where(c, jnp.zeros_like(v), v), opt_state, changed_tree
     )

@@ -4,6 +4,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from flax.training import train_state
 
 
@@ -20,6 +21,8 @@ class TrainState(train_state.TrainState):
   layout: the index arrays of tiled layers: which input tiles each output tile reads.
   groups: the group label of every neuron on both sides of each (untiled) sparse layer,
     for DST's 'same_kind' growth and intra / inter counts; None without a grouping.
+  active_edges: static, the active edges of each sparse layer in depth order (the most of
+    any replica when states are stacked). Mask updates keep them constant.
   """
 
   masks: Any
@@ -27,6 +30,7 @@ class TrainState(train_state.TrainState):
   last_grown: Any
   layout: Any = None  # the 'layout' collection of tiled layers (tiles.py); None without any
   groups: Any = None  # {'hidden_k': {'in': g_in, 'out': g_out}} group labels of untiled sparse layers
+  active_edges: tuple[int, ...] = struct.field(pytree_node=False, default=())
 
   def variables(self, params=None) -> dict:
     """What apply_fn takes: the params (these or the state's) and the layout, if any."""

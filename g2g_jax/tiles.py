@@ -53,15 +53,6 @@ class TilePlan:
   permute_out: str
 
 
-def _permute_kind(groups: np.ndarray, num_groups: int) -> str:
-  """How a side's neurons are put in group order (TilePlan.permute_in / permute_out)."""
-  if np.all(np.diff(groups) >= 0):
-    return 'none'
-  if np.array_equal(groups, conn.interleaved_groups(len(groups), num_groups)):
-    return 'interleave'
-  return 'gather'
-
-
 def tile_sides(n_in: int, n_out: int, num_groups: int, tile_size: int) -> tuple[int, int]:
   """(tile_in, tile_out): tile_size on both sides, or a whole group per side when it is 0."""
   if tile_size == 0:
@@ -69,13 +60,23 @@ def tile_sides(n_in: int, n_out: int, num_groups: int, tile_size: int) -> tuple[
   return tile_size, tile_size
 
 
-def plan_layer(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, seed: int) -> TilePlan:
+def _permute_kind(grouping: str, layer: int) -> str:
+  """How a side's neurons are put in group order under a grouping (TilePlan.permute_in / out)."""
+  if grouping == 'index' or (grouping == 'mixer' and layer % 2 == 0):
+    return 'none'  # contiguous groups
+  if grouping == 'mixer':
+    return 'interleave'  # neuron i in group i mod G
+  return 'gather'  # random groups
+
+
+def plan_layer(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec) -> TilePlan:
+  """The static shape facts of tiled layer `layer`: they depend on the sizes and the spec, not the seed."""
   g = spec.num_groups
   t_in, t_out = tile_sides(n_in, n_out, g, spec.tile_size)
   s_in = n_in // g // t_in
   k_inter = min(int(round(spec.p_inter * (g - 1) * s_in / spec.tile_density)), (g - 1) * s_in)
-  g_in, g_out = conn.layer_groups(n_in, n_out, layer, spec, seed)
-  return TilePlan(t_in, t_out, s_in + k_inter, s_in, _permute_kind(g_in, g), _permute_kind(g_out, g))
+  kind = _permute_kind(spec.grouping, layer)
+  return TilePlan(t_in, t_out, s_in + k_inter, s_in, kind, kind)
 
 
 def check_sizes(n_in: int, n_out: int, num_groups: int, tile_size: int) -> str | None:
@@ -94,7 +95,7 @@ def check_sizes(n_in: int, n_out: int, num_groups: int, tile_size: int) -> str |
 
 def make_layout(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, seed: int):
   """(layout arrays, bool block mask [C, tile_out, K, tile_in]) of one layer, from the seed."""
-  plan = plan_layer(n_in, n_out, layer, spec, seed)
+  plan = plan_layer(n_in, n_out, layer, spec)
   g, t_in, t_out = spec.num_groups, plan.tile_in, plan.tile_out
   r_tiles, c_tiles = n_in // t_in, n_out // t_out
   s_in, s_out = r_tiles // g, c_tiles // g

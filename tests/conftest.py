@@ -1,4 +1,4 @@
-"""Test-wide settings: four CPU devices, strict rank promotion, small shared fixtures."""
+"""Test-wide settings (four CPU devices, strict rank promotion, fast compiles) and shared helpers."""
 
 import os
 
@@ -6,6 +6,9 @@ import os
 # test exercises the data-parallel path.
 os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# XLA compiles faster with most optimizations off, and the golden values hold under it; set
+# in the environment, so CLI subprocesses get it too.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -30,3 +33,34 @@ def smoke_config():
   config = load_config('smoke')
   config.progress = 'none'
   return config
+
+
+# ---------------------------------------------------------------------------------
+# Helpers shared by the test modules (no test module imports another).
+
+
+def final_state(config, workdir, k=None):
+  """The state saved by a run's last checkpoint (stacked with num_seeds > 1; replica k if given)."""
+  from g2g_jax import checkpoint, replicas, train
+
+  ckpt = checkpoint.Checkpointer(workdir)
+  state, _ = ckpt.restore(train.make_train_state(config))
+  ckpt.close()
+  return state if k is None else replicas.replica(state, k)
+
+
+def records(workdir):
+  from g2g_jax import metrics
+
+  return metrics.read_records(workdir)
+
+
+def synthetic_batches(config, n):
+  """n host batches of config.batch_size synthetic examples."""
+  from g2g_jax import data
+
+  ds = data.load_dataset(data.DataSpec('synthetic', synthetic_num_train=config.batch_size * n))
+  b = config.batch_size
+  return [
+    {'image': ds.train_images[i * b : (i + 1) * b], 'label': ds.train_labels[i * b : (i + 1) * b]} for i in range(n)
+  ]

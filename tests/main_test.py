@@ -10,10 +10,13 @@ import pytest
 from conftest import ROOT
 
 MOCK_RUNNER = """
+import dataclasses
 import sys
 import tensorflow_datasets as tfds
 from absl import app
-from g2g_jax import main
+from g2g_jax import data, main
+# mock_data makes 64 examples a split: the size the run must then expect.
+data.DATASETS['cifar100'] = dataclasses.replace(data.DATASETS['cifar100'], num_train=64, num_test=64)
 with tfds.testing.mock_data(num_examples=64):
   app.run(main.main, argv=sys.argv, flags_parser=main.parse_flags)
 """

@@ -10,7 +10,6 @@ def test_patch_encoder_orders_features_patch_or_channel_major():
   # A 4x4 single-channel image, 2x2 grid of 2x2 patches; conv weights pick one pixel.
   image = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1)
   enc = models.PatchEncoder(grid=2, channels=2, order='patch_major')
-  params = enc.init(jax.random.PRNGKey(0), image)['params']
   kernel = np.zeros((2, 2, 1, 2), np.float32)
   kernel[0, 0, 0, 0] = 1.0  # channel 0: top-left pixel of the patch
   kernel[1, 1, 0, 1] = 1.0  # channel 1: bottom-right pixel
@@ -25,7 +24,7 @@ def test_patch_encoder_orders_features_patch_or_channel_major():
 
 @pytest.mark.parametrize('shape', [(28, 28, 1), (32, 32, 3)])
 def test_g2gnet_shapes_and_activations(shape):
-  model = models.G2GNet(widths=(16, 8), num_classes=5, grid=4, channels=3)
+  model = models.G2GNet(widths=(16, 8), num_classes=5, patch_grid=4, patch_channels=3)
   x = jnp.ones((2, *shape))
   params = model.init(jax.random.PRNGKey(0), x)['params']
   assert params['encoder']['conv']['kernel'].shape == (shape[0] // 4, shape[1] // 4, shape[2], 3)

@@ -1,6 +1,7 @@
 """The Colab notebook runs top to bottom with SMOKE set, and draws its plots."""
 
 import os
+import re
 
 import nbformat
 import pytest
@@ -44,13 +45,14 @@ def test_notebook_runs_in_smoke_mode_and_draws_both_figures(executed):
   assert 'SMOKE=True' in ''.join(_text(c) for c in code)
   pngs = [c for c in code if any('image/png' in o.get('data', {}) for o in c.outputs)]
   assert len(pngs) == 2  # the learning curves and the masks
-  assert 'plt.plot' in pngs[0].source or 'axes[1].plot' in pngs[0].source
-  assert 'LAYER' in pngs[1].source
 
 
 def test_notebook_trains_rewires_and_accounts(executed):
   out = ''.join(_text(c) for c in executed.cells if c.cell_type == 'code')
   assert 'static epoch 3: train loss' in out and 'DST epoch 3: train loss' in out
+  # load_run gives back the trained state: it evaluates to the accuracy the run logged.
+  logged = re.search(r'static epoch 3: train loss \S+, test accuracy (\S+)', out).group(1)
+  assert f'loaded state at step 24: test accuracy {logged}' in out
   assert 'rewired, edges pruned and regrown per layer' in out
   assert 'sparsity 56.10%' in out  # the smoke config: G = 4, p' = 0.25 on 32-wide layers
   assert 'head params (active): 2,224' in out

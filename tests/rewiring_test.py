@@ -1,4 +1,3 @@
-import dataclasses
 import functools
 import itertools
 
@@ -7,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_test import final_state, records, synthetic_batches
 
+from conftest import final_state, records, synthetic_batches
 from g2g_jax import rewiring, train
-from g2g_jax.experiment import ConfigError, parse_config
+from g2g_jax.config import ConfigError, parse_config
 
 W = np.array(
   [
@@ -139,10 +138,10 @@ def test_same_kind_growth_keeps_intra_and_inter_budgets():
 
 
 def test_schedule():
-  s = spec(every_steps=10, start_steps=20, end_steps=50)
+  s = spec(rewire_every_steps=10, rewire_start_steps=20, rewire_end_steps=50)
   assert [t for t in range(0, 70) if s.due(t)] == [20, 30, 40, 50]
   assert not rewiring.RewireSpec().enabled and not rewiring.RewireSpec().due(1000)
-  cos = spec(fraction=0.2, fraction_schedule='cosine', start_steps=0, end_steps=100)
+  cos = spec(fraction=0.2, fraction_schedule='cosine', rewire_start_steps=0, rewire_end_steps=100)
   np.testing.assert_allclose(
     [cos.fraction_at(0), cos.fraction_at(50), cos.fraction_at(100)], [0.2, 0.1, 0.0], atol=1e-6
   )
@@ -165,9 +164,8 @@ def stacked(config, k=2):
   return jax.tree.map(lambda *xs: np.stack(xs), *synthetic_batches(config, k))
 
 
-def rewire_spec(state, **kw):
-  spec = rewiring.RewireSpec(end_steps=100, active_edges=rewiring.count_active(state.masks))
-  return dataclasses.replace(spec, **kw)
+def rewire_spec(**kw):
+  return rewiring.RewireSpec(**{'rewire_end_steps': 100, **kw})
 
 
 @pytest.mark.parametrize('candidates', rewiring.CANDIDATES)
@@ -176,8 +174,8 @@ def test_update_invariants_for_every_prune_and_grow_pair(smoke_config, candidate
   before = jax.device_get(state)
   adam = lambda s: s.opt_state[1]  # noqa: E731  (add_decayed_weights, scale_by_adam, lr)
   for prune, grow in itertools.product(rewiring.PRUNE[1:], rewiring.GROW[1:]):
-    cfg = rewire_spec(state, prune=prune, grow=grow, fraction=0.25, candidates=candidates)
-    update = functools.partial(rewiring.update_masks, cfg=cfg)  # eager: 24 compilations would dominate
+    rspec = rewire_spec(prune=prune, grow=grow, fraction=0.25, candidates=candidates)
+    update = functools.partial(rewiring.update_masks, spec=rspec)  # eager: 24 compilations would dominate
     new, info = jax.device_get(update(state, stacked(smoke_config), jax.random.PRNGKey(1)))
     for k in range(3):
       name = f'hidden_{k}'
@@ -219,12 +217,12 @@ def same_group(state, k):
 
 def test_no_retrace_across_updates_and_train_steps(smoke_config):
   state = trained_state(smoke_config, steps=1)
-  cfg = rewire_spec(state, prune='hebbian', grow='gradient', fraction_schedule='cosine', end_steps=8)
+  rspec = rewire_spec(prune='hebbian', grow='gradient', fraction_schedule='cosine', rewire_end_steps=8)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
   def update(state, batch, rng):
-    return rewiring.update_masks(state, batch, rng, cfg=cfg)
+    return rewiring.update_masks(state, batch, rng, spec=rspec)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
@@ -244,15 +242,15 @@ def test_no_retrace_across_updates_and_train_steps(smoke_config):
 def test_rewiring_config_errors(smoke_config):
   smoke_config.rewiring.prune = 'hebbian'
   with pytest.raises(ConfigError, match="config.rewiring.grow = 'none': must be set too"):
-    parse_config(smoke_config, 4)
+    parse_config(smoke_config, device_count=4)
   smoke_config.rewiring.grow = 'hebbian'
   smoke_config.connectivity.kind = 'dense'
   with pytest.raises(ConfigError, match="config.rewiring.prune = 'hebbian': must be 'none' with connectivity.kind"):
-    parse_config(smoke_config, 4)
+    parse_config(smoke_config, device_count=4)
   smoke_config.connectivity.kind = 'g2g'
   smoke_config.rewiring.fraction = 1.5
   with pytest.raises(ConfigError, match=r'config.rewiring.fraction = 1.5: must be in \[0.0, 1.0\]'):
-    parse_config(smoke_config, 4)
+    parse_config(smoke_config, device_count=4)
 
 
 def dst_config(config):

@@ -1,16 +1,13 @@
-import functools
-import re
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_test import final_state
 
+from conftest import final_state
 from g2g_jax import connectivity as conn
 from g2g_jax import tiles, train
-from g2g_jax.experiment import ConfigError, parse_config
+from g2g_jax.config import ConfigError, parse_config
 from g2g_jax.models import MLPHead
 
 
@@ -41,7 +38,7 @@ def test_layout_is_regular_and_respects_groups(n_in, n_out):
 
 def test_group_sized_tiles_for_a_widening_layer():
   s = spec(num_groups=8, p_inter=0.15, tile_size=0)
-  plan = tiles.plan_layer(512, 4096, 0, s, 0)
+  plan = tiles.plan_layer(512, 4096, 0, s)
   assert (plan.tile_in, plan.tile_out, plan.num_intra, plan.num_slots) == (64, 512, 1, 2)  # round(0.15 * 7) = 1
   layout, mask = tiles.make_layout(512, 4096, 0, s, 0)
   assert mask.shape == (8, 512, 2, 64) and mask.mean() == 1.0  # [C, tile_out, K, tile_in]
@@ -70,7 +67,7 @@ def test_density_matches_the_bernoulli_layer_up_to_rounding():
 def test_tiled_layer_equals_masked_dense_layer(grouping):
   s = spec(grouping=grouping, p_intra=0.8, tile_density=0.7)
   sizes = [32, 64, 64]
-  plans = tuple(tiles.plan_layer(a, b, k, s, 0) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)))
+  plans = tuple(tiles.plan_layer(a, b, k, s) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)))
   # Layer 1 exercises each way of putting neurons in group order (the mixer's odd layers
   # are interleaved: a transpose; random groups need a gather).
   expected = {'index': 'none', 'mixer': 'interleave', 'random': 'gather'}[grouping]
@@ -123,7 +120,7 @@ def test_tiled_layer_equals_masked_dense_layer(grouping):
 
 def test_moving_tiles_changes_an_index_array_without_retrace():
   s = spec(p_inter=0.5)
-  plan = tiles.plan_layer(32, 32, 0, s, 0)
+  plan = tiles.plan_layer(32, 32, 0, s)
   model = MLPHead((32,), 3, tile_plans=(plan,))
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32))
   v = model.init(jax.random.PRNGKey(0), x)
@@ -158,11 +155,11 @@ def test_tiles_config_errors(smoke_config):
   tiles_config(smoke_config)
   smoke_config.connectivity.tile_size = 5
   with pytest.raises(ConfigError, match='config.connectivity.tile_size = 5: does not tile hidden_0'):
-    parse_config(smoke_config, 4)
+    parse_config(smoke_config, device_count=4)
   smoke_config.connectivity.tile_size = 8
   smoke_config.connectivity.kind = 'er'
   with pytest.raises(ConfigError, match="config.connectivity.inter = 'tiles': needs connectivity.kind = 'g2g'"):
-    parse_config(smoke_config, 4)
+    parse_config(smoke_config, device_count=4)
 
 
 def test_smoke_run_on_tiles_with_rewiring(smoke_config, tmp_path):
@@ -177,39 +174,3 @@ def test_smoke_run_on_tiles_with_rewiring(smoke_config, tmp_path):
     m0, m1 = initial.masks['head'][f'hidden_{k}']['kernel'], final.masks['head'][f'hidden_{k}']['kernel']
     assert m0.ndim == 4 and int(m0.sum()) == int(m1.sum()) and bool(jnp.any(m0 != m1))
     assert bool(jnp.all(jnp.where(m1, 0.0, final.params['head'][f'hidden_{k}']['kernel']) == 0))
-
-
-def _ynn_dots(compiled_text: str) -> int:
-  """How many of a compiled CPU program's dots XLA handed to YNNPACK."""
-  fusion = re.compile(r'^\s*(ROOT )?%ynn_fusion[\w.]* = .*op_name="[^"]*dot_general')
-  return sum(bool(fusion.match(line)) for line in compiled_text.splitlines())
-
-
-@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='config.cpu_dots is about XLA:CPU')
-def test_cpu_dots_gives_tiled_layers_eigen_dots_and_changes_only_rounding(smoke_config):
-  masked = smoke_config.copy_and_resolve_references()
-  tiled = tiles_config(smoke_config)
-  assert train.compiler_options(masked) is None  # 'auto': XLA's own dots for dense / masked layers
-  options = train.compiler_options(tiled)
-  if options is None:
-    pytest.skip("this jaxlib refused the option: 'eigen' falls back to XLA's dots (logged)")
-  tiled.cpu_dots = 'xla'
-  assert train.compiler_options(tiled) is None
-  masked.cpu_dots = 'eigen'
-  assert train.compiler_options(masked) == options
-
-  step = functools.partial(train.train_step, augment='none', crop_padding=0)
-  batch = {'image': np.full((32, 28, 28, 1), 7, np.uint8), 'label': np.arange(32, dtype=np.int32) % 10}
-  batch['image'][::3] = 200
-  results = {}
-  for name, opts in (('xla', None), ('eigen', options)):
-    state = train.make_train_state(tiled)
-    jitted = jax.jit(step, compiler_options=opts)
-    results[name] = (_ynn_dots(jitted.lower(state, batch).compile().as_text()), *jitted(state, batch))
-  ynn_xla, state_xla, m_xla = results['xla']
-  ynn_eigen, state_eigen, m_eigen = results['eigen']
-  assert ynn_eigen == 0  # no dot left to YNNPACK
-  if ynn_xla == 0:
-    pytest.skip('this jaxlib hands no dot to YNNPACK anyway: nothing to compare')
-  np.testing.assert_allclose(m_eigen['loss'], m_xla['loss'], rtol=1e-6)
-  chex.assert_trees_all_close(state_eigen.params, state_xla.params, rtol=1e-5, atol=1e-7)

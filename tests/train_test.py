@@ -6,39 +6,15 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from conftest import final_state, load_config, records, synthetic_batches
 from g2g_jax import checkpoint as ckpt_lib
 from g2g_jax import data as data_lib
-from g2g_jax import metrics as metrics_lib
-from g2g_jax import train
-
-
-def final_states(config, workdir):
-  """The states saved by the last checkpoint of a run (seed-stacked if num_seeds > 1)."""
-  ckpt = ckpt_lib.Checkpointer(workdir)
-  template = train.make_train_states(config) if config.num_seeds > 1 else train.make_train_state(config)
-  states, _ = ckpt.restore(template)
-  ckpt.close()
-  return states
-
-
-def final_state(config, workdir, k=0):
-  """Replica k of the states saved by the last checkpoint of a run."""
-  states = final_states(config, workdir)
-  return train.replica(states, k) if config.num_seeds > 1 else states
-
-
-def records(workdir):
-  return metrics_lib.read_records(workdir)
-
-
-def synthetic_batches(config, n):
-  ds = data_lib.load_dataset('synthetic', synthetic=data_lib.SyntheticSpec(num_train=config.batch_size * n))
-  b = config.batch_size
-  return [
-    {'image': ds.train_images[i * b : (i + 1) * b], 'label': ds.train_labels[i * b : (i + 1) * b]} for i in range(n)
-  ]
+from g2g_jax import input_pipeline, replicas, rewiring, schedule, train
+from g2g_jax.config import parse_config
+from g2g_jax.state import apply_masks
 
 
 def test_pruned_weights_stay_exactly_zero_and_masks_fixed(smoke_config):
@@ -71,6 +47,87 @@ def test_golden_first_step_loss(smoke_config):
 # Measured once on the CPU (jax 0.10.2); the first is close to ln(10) = 2.3026, as it should be
 # for 10 balanced classes at init, and the second is lower after one Adam step.
 GOLDEN_LOSSES = [2.3036830, 2.2977695]
+
+
+def golden_config():
+  """The default model (G2G mixer, 3 x 1024, p' = 0.15) on synthetic Fashion-MNIST-shaped data."""
+  config = load_config('fashion_mnist')
+  config.data.source = 'synthetic'
+  config.batch_size = 64
+  config.rewiring.prune, config.rewiring.grow = 'mixed', 'hebbian'
+  return config
+
+
+def golden_numbers(config) -> dict:
+  spec = parse_config(config)
+  state = train.make_train_state(config)
+  ds = data_lib.load_dataset(spec.data)
+  batch = {'image': ds.train_images[:64], 'label': ds.train_labels[:64]}
+  images = input_pipeline.to_float(batch['image'])
+  grads = jax.grad(lambda p: train.loss_and_logits(p, state, images, batch['label'])[0])(state.params)
+  grads = apply_masks(grads, state.masks)
+  new, m = jax.jit(functools.partial(train.train_step, augment='none', crop_padding=0))(state, batch)
+  update = jax.tree.map(lambda a, b: a - b, new.params, state.params)
+  stacked = {k: v[None] for k, v in batch.items()}
+  rewired, info = jax.jit(functools.partial(rewiring.update_masks, spec=spec.rewiring))(
+    new, stacked, jax.random.PRNGKey(0)
+  )
+  out = {
+    'loss': float(m['loss']),
+    'param_norm': float(optax.global_norm(state.params)),
+    'grad_norm': float(optax.global_norm(grads)),
+    'update_norm': float(optax.global_norm(update)),
+  }
+  for layer, v in info.items():
+    out.update({f'{layer}/{k}': int(v[k]) for k in ('pruned', 'grown', 'intra', 'inter')})
+  return out
+
+
+# One step of the default model and one mask update after it, on this project's CPU (jax 0.10.2).
+GOLDEN = {
+  'loss': 2.30141544342041,
+  'param_norm': 32.237213134765625,
+  'grad_norm': 0.2087249606847763,
+  'update_norm': 0.8251705169677734,
+  'hidden_0/pruned': 13468,
+  'hidden_0/grown': 13468,
+  'hidden_0/intra': 59466,
+  'hidden_0/inter': 75215,
+  'hidden_1/pruned': 26861,
+  'hidden_1/grown': 26861,
+  'hidden_1/intra': 118289,
+  'hidden_1/inter': 150324,
+  'hidden_2/pruned': 26816,
+  'hidden_2/grown': 26816,
+  'hidden_2/intra': 118350,
+  'hidden_2/inter': 149811,
+}
+
+
+def test_golden_one_step_and_one_mask_update_of_the_default_model():
+  got = golden_numbers(golden_config())
+  warning = (
+    'The numbers of one training step and one mask update of the default model have changed. If you did '
+    'not mean to change what the model computes (a refactor, say), this is a bug. If you did (a new init, '
+    'loss or rewiring rule), update GOLDEN in tests/train_test.py with the values printed here: '
+  )
+  assert set(got) == set(GOLDEN), warning + repr(got)
+  for key, value in GOLDEN.items():
+    if isinstance(value, int):
+      assert got[key] == value, warning + repr(got)
+    else:
+      assert got[key] == pytest.approx(value, rel=1e-5), warning + repr(got)
+
+
+def test_load_run_restores_what_the_run_logged(smoke_config, tmp_path):
+  train.train_and_evaluate(smoke_config, str(tmp_path))
+  run = train.load_run(str(tmp_path))
+  assert run.config == smoke_config and int(run.state.step) == 16 and run.records == records(str(tmp_path))
+  ds = data_lib.load_dataset(parse_config(run.config).data)
+  test = train.evaluate(run.state, ds.test_images, ds.test_labels, 64)
+  assert float(test['accuracy'][0]) == run.records[-1]['test_accuracy']
+  assert float(test['loss'][0]) == pytest.approx(run.records[-1]['test_loss'], rel=1e-6)
+  chex.assert_trees_all_equal(run.state.params, final_state(smoke_config, str(tmp_path)).params)
 
 
 def test_loop_traces_each_step_once(smoke_config, tmp_path, monkeypatch):
@@ -214,17 +271,14 @@ def test_seed_replicas_equal_single_runs(smoke_config, tmp_path):
     alone.append(train.train_and_evaluate(smoke_config, str(tmp_path / f'seed{k}')))
     singles.append(final_state(smoke_config, str(tmp_path / f'seed{k}')))
   smoke_config.seed, smoke_config.num_seeds = 0, 2
-  layouts = (('vmap', 'steps'), ('unroll', 'steps'), ('sequential', 'steps'), ('sequential', 'scan'), ('vmap', 'scan'))
-  for layout, loop in layouts:  # ('vmap', 'scan'): a GPU's default; masks updated every 6 steps cut chunks short
-    smoke_config.seed_layout, smoke_config.loop = layout, loop
-    together = train.train_and_evaluate(smoke_config, str(tmp_path / f'{layout}_{loop}'))
-    stacked = final_states(smoke_config, str(tmp_path / f'{layout}_{loop}'))
+  for loop in ('steps', 'scan'):  # 'scan': a GPU's default; masks updated every 6 steps cut chunks short
+    smoke_config.loop = loop
+    together = train.train_and_evaluate(smoke_config, str(tmp_path / loop))
+    stacked = final_state(smoke_config, str(tmp_path / loop))
     for k in (0, 1):
-      replica = train.replica(stacked, k)
+      replica = replicas.replica(stacked, k)
       chex.assert_trees_all_equal(replica.masks, singles[k].masks)
       chex.assert_trees_all_close(replica.params, singles[k].params, atol=1e-5, rtol=1e-5)
-      if (layout, loop) == ('sequential', 'steps'):  # the single run's own program, replica by replica
-        chex.assert_trees_all_equal(replica.params, singles[k].params)
       assert together['test_accuracy_per_seed'][k] == pytest.approx(alone[k]['test_accuracy'], abs=1e-6)
     assert together['num_seeds'] == 2
     assert together['test_accuracy'] == pytest.approx(np.mean(together['test_accuracy_per_seed']))
@@ -235,11 +289,11 @@ def test_seed_replicas_equal_single_runs(smoke_config, tmp_path):
 
 
 def test_scan_chunks_tile_the_epoch():
-  assert train.scan_chunk_steps(234, 50) == 39  # Fashion-MNIST at batch 256: 6 chunks an epoch
-  assert train.scan_chunk_steps(195, 50) == 39  # CIFAR
-  assert train.scan_chunk_steps(8, 50) == 8  # a chunk never spans two epochs
-  assert train.scan_chunk_steps(8, 3) == 2
-  assert train.scan_chunk_steps(233, 50) == 50  # no divisor near 50: each epoch ends in single steps
+  assert schedule.scan_chunk_steps(234, 50) == 39  # Fashion-MNIST at batch 256: 6 chunks an epoch
+  assert schedule.scan_chunk_steps(195, 50) == 39  # CIFAR
+  assert schedule.scan_chunk_steps(8, 50) == 8  # a chunk never spans two epochs
+  assert schedule.scan_chunk_steps(8, 3) == 2
+  assert schedule.scan_chunk_steps(233, 50) == 50  # no divisor near 50: each epoch ends in single steps
 
 
 def test_scanned_run_compiles_one_chunk_program_when_chunks_tile_the_run(smoke_config, tmp_path, caplog):

@@ -9,9 +9,7 @@ a dense kernel whose pruned weights are 0) and `tiles` (the same G2G density as 
 connectivity.inter='tiles'). Each runs the real jitted train_step (forward, backward,
 masking, Adam) on one fixed batch. Variants are timed in turns (dense, masked, tiles,
 dense, ...), `repeats` rounds of `steps` steps each, and the median round is reported.
-Each variant compiles as a run with its config would (config.cpu_dots, default 'auto':
-Eigen's dots for the tiled layers on a CPU, XLA's own for the others; `--cpu_dots` sets
-it for all). Prints a table, then one JSON line with every figure.
+Prints a table, then one JSON line with every figure.
 """
 
 import functools
@@ -27,14 +25,13 @@ from absl import app, flags
 sys.path.insert(0, __file__.rsplit('/experiments/', 1)[0])
 from configs import default  # noqa: E402
 from g2g_jax import connectivity as conn  # noqa: E402
-from g2g_jax import train, xla_cpu  # noqa: E402
+from g2g_jax import train  # noqa: E402
 
 _WIDTHS = flags.DEFINE_list('widths', ['1024', '4096'], 'Hidden widths to measure.')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'Examples per step.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Steps per timed round.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed rounds per variant (median reported).')
 _TILE = flags.DEFINE_integer('tile_size', 0, 'Tile side for the tiled variant; 0 = one tile per group side.')
-_DOTS = flags.DEFINE_enum('cpu_dots', 'auto', list(xla_cpu.CPU_DOTS), 'config.cpu_dots of every variant.')
 
 VARIANTS = {
   'dense': {'connectivity.kind': 'dense'},
@@ -51,7 +48,6 @@ def make_config(width: int, variant: str):
   config.model.hidden_width = width
   config.connectivity.grouping = 'index'
   config.connectivity.tile_size = _TILE.value
-  config.cpu_dots = _DOTS.value
   for path, value in VARIANTS[variant].items():
     section, field = path.split('.')
     config[section][field] = value
@@ -67,14 +63,10 @@ def setup(width: int, variant: str):
     'image': rng.integers(0, 256, (_BATCH.value, 28, 28, 1), dtype=np.uint8),
     'label': rng.integers(0, 10, _BATCH.value).astype(np.int32),
   }
-  options = train.compiler_options(config)  # what a run with this config compiles with
-  step = jax.jit(
-    functools.partial(train.train_step, augment='none', crop_padding=0), donate_argnums=0, compiler_options=options
-  )
+  step = jax.jit(functools.partial(train.train_step, augment='none', crop_padding=0), donate_argnums=0)
   state, m = step(state, batch)  # compile
   jax.block_until_ready(m)
-  dots = 'eigen' if options else ('xla' if jax.default_backend() == 'cpu' else '-')
-  return {'step': step, 'state': state, 'batch': jax.device_put(batch), 'acct': acct, 'dots': dots}
+  return {'step': step, 'state': state, 'batch': jax.device_put(batch), 'acct': acct}
 
 
 def time_round(v: dict) -> float:
@@ -109,15 +101,14 @@ def main(argv):
           'examples_per_sec': _BATCH.value / s,
           'speedup_vs_dense': dense_s / s,
           'density': v['acct']['density'],
-          'cpu_dots': v['dots'],
           'head_params': v['acct']['head_params'],
           'rounds_ms': [1000 * r for r in rounds[name]],
         }
       )
-  print(f'{"width":>6} {"variant":>8} {"dots":>6} {"density":>8} {"step ms":>9} {"ex/s":>9} {"x dense":>8}')
+  print(f'{"width":>6} {"variant":>8} {"density":>8} {"step ms":>9} {"ex/s":>9} {"x dense":>8}')
   for r in results:
     print(
-      f'{r["width"]:6d} {r["variant"]:>8} {r["cpu_dots"]:>6} {r["density"]:8.4f} {r["step_ms"]:9.2f} '
+      f'{r["width"]:6d} {r["variant"]:>8} {r["density"]:8.4f} {r["step_ms"]:9.2f} '
       f'{r["examples_per_sec"]:9.0f} {r["speedup_vs_dense"]:8.2f}'
     )
   print(json.dumps({'backend': jax.default_backend(), 'device': str(jax.devices()[0]), 'results': results}))

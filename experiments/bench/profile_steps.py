@@ -6,9 +6,9 @@ Runs log_every_steps (50) steps per call of the default Fashion-MNIST model (ran
 of its shapes) three ways:
   scan       the training loop's scanned chunk (train.train_chunk: a fixed number of
              steps, no branch);
-  scan_cond  the loop's chunk until 2026-11-27: the same scan with a lax.cond per step
-             that skips steps past the chunk's end, so that one program serves every
-             chunk size. It is kept here to price that branch;
+  scan_cond  the loop's earlier chunk: the same scan with a lax.cond per step that skips
+             steps past the chunk's end, so that one program serves every chunk size.
+             It is kept here to price that branch on a GPU;
   steps      one jitted step per call, the batch gathered and sent by the host.
 Prints, for each: ms per step untimed by the profiler, then a jax.profiler trace of
 `--chunks` calls summarized per step: for each traced process (a GPU's streams, the
@@ -38,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configs import fashion_mnist  # noqa: E402
 from g2g_jax import train  # noqa: E402
+from g2g_jax.config import parse_config  # noqa: E402
 
 _LOOPS = flags.DEFINE_list('loops', ['scan', 'scan_cond', 'steps'], 'Which of scan, scan_cond, steps.')
 _CHUNKS = flags.DEFINE_integer('chunks', 4, 'Calls of log_every_steps steps to time, then to trace.')
@@ -49,16 +50,15 @@ _TRACE_DIR = flags.DEFINE_string('trace_dir', '', "Where traces go; '' = a tempo
 
 def _runner(loop: str, config):
   """(state, call) where call(state) runs log_every_steps steps and returns (state, metrics)."""
-  exp = train.parse_config(config, jax.device_count())
+  spec = parse_config(config)
   mesh = train.make_mesh(1)
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  n, bs, length = 60000, exp.batch_size, exp.log_every_steps
+  n, bs, length = spec.data.info.num_train, spec.batch_size, spec.log_every_steps
   rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (n, *exp.data.info.image_shape), dtype=np.uint8)
-  labels = rng.integers(0, exp.model.num_classes, n).astype(np.int32)
-  state = jax.device_put(train.make_train_state(exp, num_train_examples=n), replicated)
-  step_fn = functools.partial(train.train_step, augment=exp.data.augment, crop_padding=exp.data.crop_padding)
-  opts = train.compiler_options(exp)
+  images = rng.integers(0, 256, (n, *spec.data.info.image_shape), dtype=np.uint8)
+  labels = rng.integers(0, spec.model.num_classes, n).astype(np.int32)
+  state = jax.device_put(train.make_train_state(config), replicated)
+  step_fn = functools.partial(train.train_step, augment=spec.data.augment, crop_padding=spec.data.crop_padding)
   if loop == 'scan':
     data = jax.device_put({'image': images, 'label': labels}, replicated)
     perm = jax.device_put(rng.permutation(n).astype(np.int32), replicated)
@@ -67,10 +67,10 @@ def _runner(loop: str, config):
       length=length,
       batch_size=bs,
       batch_sharding=batch_sharding,
-      augment=exp.data.augment,
-      crop_padding=exp.data.crop_padding,
+      augment=spec.data.augment,
+      crop_padding=spec.data.crop_padding,
     )
-    fn = jax.jit(chunk, donate_argnums=0, compiler_options=opts)
+    fn = jax.jit(chunk, donate_argnums=0)
     return state, lambda st: fn(st, data, perm, 0)
   if loop == 'scan_cond':
     data = jax.device_put({'image': images, 'label': labels}, replicated)
@@ -90,9 +90,9 @@ def _runner(loop: str, config):
 
       return jax.lax.scan(body, st, jnp.arange(length))
 
-    fn = jax.jit(with_cond, donate_argnums=0, compiler_options=opts)
+    fn = jax.jit(with_cond, donate_argnums=0)
     return state, lambda st: fn(st, data, perm, 0, length)
-  fn = jax.jit(step_fn, donate_argnums=0, compiler_options=opts)
+  fn = jax.jit(step_fn, donate_argnums=0)
   batches = [{'image': images[i * bs : (i + 1) * bs], 'label': labels[i * bs : (i + 1) * bs]} for i in range(length)]
 
   def call(st):

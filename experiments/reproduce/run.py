@@ -28,7 +28,7 @@ import time
 from concurrent import futures
 
 from g2g_jax import metrics
-from g2g_jax.experiment import RUNTIME_FIELDS
+from g2g_jax.config import RUNTIME_FIELDS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import studies  # noqa: E402  (experiments/reproduce/studies.py)
@@ -117,7 +117,7 @@ def summarize(records: list[dict]) -> dict:
   compile_seconds, train_seconds = metrics.run_seconds(records)
   rewires = [r for r in records if r.get('kind') == 'rewire']
   last = evals[-1]
-  steady = evals[1:] or evals  # epoch 1 (in runs before e292a10 it included compiling)
+  steady = evals[1:] or evals  # from epoch 2 (in early runs, epoch 1 included compiling)
   return {
     'final_test_accuracy': last['test_accuracy'],
     'best_test_accuracy': last['best_test_accuracy'],
@@ -129,7 +129,7 @@ def summarize(records: list[dict]) -> dict:
     'flops_per_example': last['flops_per_example'],
     'data_source': last['data_source'],
     'train_seconds': train_seconds,
-    'compile_seconds': compile_seconds or 0.0,  # 0: a run from before e292a10
+    'compile_seconds': compile_seconds or 0.0,  # 0: a run that did not record it
     'examples_per_sec': sum(r['examples_per_sec'] for r in steady) / len(steady),
     'rewire_updates': len(rewires),
     'rewire_seconds': sum(r['seconds'] for r in rewires),
@@ -140,21 +140,16 @@ def save_mask_snapshot(workdir: str, path: str, layer: str):
   """Writes one sparse layer's mask at step 0 and at the end of a run, with its groups."""
   import numpy as np  # noqa: PLC0415 (jax and friends load only when a snapshot is due)
   from flax import traverse_util  # noqa: PLC0415
-  from ml_collections import ConfigDict  # noqa: PLC0415
 
-  from g2g_jax import checkpoint, connectivity, train  # noqa: PLC0415
+  import g2g_jax  # noqa: PLC0415
 
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = ConfigDict(json.load(f))
-  start = train.make_train_state(config)
-  ckpt = checkpoint.Checkpointer(workdir)
-  end, _ = ckpt.restore(start)
-  ckpt.close()
-
-  (kernel,) = [p for p in connectivity.sparse_layer_paths(start.params) if p[-2] == layer]
+  run = g2g_jax.load_run(workdir)
+  start, end = g2g_jax.make_train_state(run.config), run.state
 
   def mask_of(state):
-    return np.asarray(traverse_util.flatten_dict(state.masks)[kernel], bool)
+    flat = traverse_util.flatten_dict(state.masks)
+    (kernel,) = [p for p in flat if p[-2] == layer and flat[p] is not None]
+    return np.asarray(flat[kernel], bool)
 
   m0, m1 = mask_of(start), mask_of(end)
   groups = start.groups[layer]

@@ -14,7 +14,7 @@ import importlib.util
 import json
 import os
 
-from g2g_jax.experiment import changed_fields
+from g2g_jax.config import changed_fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATASETS = ('fashion_mnist', 'cifar10', 'cifar100', 'smoke')

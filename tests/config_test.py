@@ -1,7 +1,7 @@
 import pytest
 
 from conftest import load_config
-from g2g_jax.experiment import ConfigError, config_differences, parse_config
+from g2g_jax.config import ConfigError, config_differences, parse_config
 
 BAD = [
   ('connectivity.p_inter', 1.5, 'config.connectivity.p_inter = 1.5: must be in [0.0, 1.0]'),
@@ -24,7 +24,7 @@ BAD = [
   ('num_epochs', 0, 'config.num_epochs = 0: must be an integer >= 1'),
   ('num_devices', 9, 'config.num_devices = 9: must be an integer in [0, 4]'),
   ('data.augment', 'mixup', "config.data.augment = 'mixup': must be one of 'auto', 'none', 'crop_flip'"),
-  ('cpu_dots', 'mkl', "config.cpu_dots = 'mkl': must be one of 'auto', 'xla', 'eigen'"),
+  ('loop', 'fast', "config.loop = 'fast': must be one of 'auto', 'steps', 'scan'"),
 ]
 
 
@@ -33,26 +33,61 @@ def test_bad_values_name_field_value_and_allowed(smoke_config, field, value, mes
   section, _, name = field.rpartition('.')
   (smoke_config[section] if section else smoke_config)[name] = value
   with pytest.raises(ConfigError) as e:
-    parse_config(smoke_config, num_available_devices=4)
+    parse_config(smoke_config, device_count=4)
   assert message in str(e.value)
 
 
 def test_defaults_parse_for_every_dataset_and_row():
   for name in ('fashion_mnist', 'cifar10', 'cifar100', 'smoke'):
     for row in ('g2g', 'g2g_index', 'g2g_random', 'er', 'fc_v1', 'fc_v2'):
-      exp = parse_config(load_config(name, row), num_available_devices=4)
-      assert exp.model.num_classes in (10, 100)
+      spec = parse_config(load_config(name, row), device_count=4)
+      assert spec.model.num_classes in (10, 100)
 
 
 def test_fc_v1_width_is_computed_and_fc_v2_keeps_1024():
-  assert parse_config(load_config('fashion_mnist', 'fc_v1'), 1).model.widths == (469, 469, 469)
-  assert parse_config(load_config('fashion_mnist', 'fc_v2'), 1).model.widths == (1024, 1024, 1024)
-  exp = parse_config(load_config('cifar100', 'fc_v1'), 1)
-  assert exp.model.widths[0] != 469  # 100 classes change the parameter budget
-  assert exp.data.augment == 'crop_flip'
+  assert parse_config(load_config('fashion_mnist', 'fc_v1'), device_count=1).model.widths == (469, 469, 469)
+  assert parse_config(load_config('fashion_mnist', 'fc_v2'), device_count=1).model.widths == (1024, 1024, 1024)
+  spec = parse_config(load_config('cifar100', 'fc_v1'), device_count=1)
+  assert spec.model.widths[0] != 469  # 100 classes change the parameter budget
+  assert spec.data.augment == 'crop_flip'
 
 
 def test_config_differences_ignores_runtime_fields():
   old = {'seed': 0, 'progress': 'bar', 'data': {'name': 'x', 'dir': 'a'}}
   new = {'seed': 1, 'progress': 'none', 'data': {'name': 'x', 'dir': 'b'}}
   assert config_differences(old, new) == ['seed: 0 -> 1']
+
+
+def test_every_auto_and_derived_number_is_resolved_by_the_parser():
+  config = load_config('fashion_mnist', 'g2g')
+  config.rewiring.prune, config.rewiring.grow = 'magnitude', 'random'
+  spec = parse_config(config, device_count=2, backend='cpu')
+  assert (spec.loop, spec.num_devices, spec.data.augment) == ('steps', 2, 'none')
+  assert spec.progress in ('bar', 'lines')
+  assert spec.steps_per_epoch == 234 and spec.total_steps == 234 * 30
+  assert spec.rewiring.rewire_end_steps == spec.total_steps  # 0: the end of training
+  assert parse_config(config, device_count=1, backend='gpu').loop == 'scan'
+  config.rewiring.rewire_end_steps = 5000
+  assert parse_config(config, device_count=1).rewiring.rewire_end_steps == 5000
+
+
+def test_config_keys_are_the_spec_fields():
+  """Each config section is its spec under the same names (the rules cover every field)."""
+  config = load_config('smoke')
+  spec = parse_config(config, device_count=1)
+  for section in ('data', 'connectivity', 'optim', 'rewiring', 'model'):
+    for field, value in config[section].items():
+      resolved = section == 'rewiring' and field == 'rewire_end_steps' or section == 'data' and field == 'augment'
+      if not resolved:
+        assert getattr(getattr(spec, section), field) == value, (section, field)
+
+
+def test_unknown_and_retired_fields():
+  config = load_config('smoke')
+  config.model.depth = 3
+  with pytest.raises(ConfigError, match='config.model.depth: unknown field'):
+    parse_config(config, device_count=1)
+  config = load_config('smoke')
+  config.cpu_dots = 'auto'  # a deleted switch, still in old workdirs' config.json: ignored
+  parse_config(config, device_count=1)
+  assert config_differences({'cpu_dots': 'auto', 'seed': 0}, {'seed': 0}) == []

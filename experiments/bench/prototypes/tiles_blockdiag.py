@@ -1,6 +1,6 @@
 """A lead for small tiles, measured and not built: intra-group tiles as one block-diagonal matmul.
 
-python experiments/bench/tiles_blockdiag_prototype.py [WIDTH]   (default 1024)
+python experiments/bench/prototypes/tiles_blockdiag.py [WIDTH]   (default 1024)
 
 One tiled layer with 32-wide tiles (index grouping, G = 8, p = 1, p' = 0.15), forward
 and backward (gradients of kernel and input), three ways, timed in turns:
@@ -23,14 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from g2g_jax import connectivity as conn
-from g2g_jax import tiles, xla_cpu
+from g2g_jax import tiles
 
 N, B, G, T = int(sys.argv[1]) if len(sys.argv) > 1 else 1024, 256, 8, 32
 spec = conn.ConnectivitySpec(
   kind='g2g', grouping='index', num_groups=G, p_intra=1.0, p_inter=0.15, inter='tiles', tile_size=T, tile_density=1.0
 )
 layout, mask = tiles.make_layout(N, N, 0, spec, 0)
-plan = tiles.plan_layer(N, N, 0, spec, 0)
+plan = tiles.plan_layer(N, N, 0, spec)
 C, K, S = N // T, plan.num_slots, plan.num_intra
 R = N // T
 idx, rev = jnp.asarray(layout['idx']), jnp.asarray(layout['rev'])
@@ -68,18 +68,16 @@ def vg(f, nargs):
 
 grads = {'dense': vg(dense, 2), 'current': vg(current, 2), 'proposed': vg(proposed, 3)}
 args = {'dense': (w_dense, x), 'current': (w_tiles, x), 'proposed': (w_intra, w_inter, x)}
-for dots in ('xla', 'eigen'):  # XLA's default CPU matmuls, and Eigen's (config.cpu_dots)
-  options = xla_cpu.compiler_options(dots, tiled=True)
-  fns = {k: jax.jit(f, compiler_options=options) for k, f in grads.items()}
+fns = {k: jax.jit(f) for k, f in grads.items()}
+for k, fn in fns.items():
+  jax.block_until_ready(fn(*args[k]))
+times = {k: [] for k in fns}
+for _ in range(15):
   for k, fn in fns.items():
-    jax.block_until_ready(fn(*args[k]))
-  times = {k: [] for k in fns}
-  for _ in range(15):
-    for k, fn in fns.items():
-      t = time.perf_counter()
-      for _ in range(10):
-        out = fn(*args[k])
-      jax.block_until_ready(out)
-      times[k].append((time.perf_counter() - t) / 10)
-  med = {k: 1e3 * np.median(v) for k, v in times.items()}
-  print(dots, '  '.join(f'{k} {v:.3f} ms ({med["dense"] / v:.2f}x dense)' for k, v in med.items()))
+    t = time.perf_counter()
+    for _ in range(10):
+      out = fn(*args[k])
+    jax.block_until_ready(out)
+    times[k].append((time.perf_counter() - t) / 10)
+med = {k: 1e3 * np.median(v) for k, v in times.items()}
+print('  '.join(f'{k} {v:.3f} ms ({med["dense"] / v:.2f}x dense)' for k, v in med.items()))

@@ -1,0 +1,344 @@
+"""Turns a ConfigDict into one complete, validated RunSpec: the only place that reads configs.
+
+Each config section becomes its module's spec under the same field names
+(`OptimSpec(**config.optim)`, checked by the rules below). Every 'auto' is resolved here,
+every derived number (FC v1's width, the run's steps, the rewiring window) is computed
+here, and every check runs here, before anything is loaded, compiled or written. A
+failure names the field, the value and what is allowed.
+"""
+
+import dataclasses
+import math
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+
+from g2g_jax import connectivity as conn
+from g2g_jax import data as data_lib
+from g2g_jax import models, optim, rewiring, tiles
+
+PROGRESS = ('auto', 'bar', 'lines', 'none')
+LOOPS = ('auto', 'steps', 'scan')
+# Fields that may differ when a run is resumed: they change how it runs, not what it computes.
+RUNTIME_FIELDS = (
+  'halt_after_steps',
+  'progress',
+  'log_every_steps',
+  'num_devices',
+  'loop',
+  'data.dir',
+  'data.tfds_data_dir',
+  'data.download',
+  'data.source',
+)
+# Fields that configs no longer have (deleted switches): a workdir that still lists them resumes.
+RETIRED_FIELDS = ('seed_layout', 'cpu_dots')
+
+
+class ConfigError(ValueError):
+  """An invalid config value: the message names the field, the value and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """A run, completely specified: what train_and_evaluate and make_train_state run on."""
+
+  seed: int
+  num_seeds: int  # independent replicas trained together, seeds seed .. seed + num_seeds - 1
+  num_epochs: int
+  batch_size: int
+  eval_batch_size: int
+  eval_every_epochs: int
+  checkpoint_every_epochs: int
+  log_every_steps: int
+  halt_after_steps: int
+  num_devices: int  # resolved: > 0
+  progress: str  # resolved: 'bar' | 'lines' | 'none'
+  loop: str  # resolved: 'steps' | 'scan'
+  data: data_lib.DataSpec
+  model: models.ModelSpec
+  connectivity: conn.ConnectivitySpec
+  optim: optim.OptimSpec
+  rewiring: rewiring.RewireSpec
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.data.info.num_train // self.batch_size
+
+  @property
+  def total_steps(self) -> int:
+    return self.steps_per_epoch * self.num_epochs
+
+  def resolved(self) -> str:
+    """What the config's 'auto' fields and derived numbers came to, for the log."""
+    return (
+      f'loop={self.loop}, progress={self.progress}, num_devices={self.num_devices}, '
+      f'augment={self.data.augment}, hidden widths={list(self.model.widths)}, '
+      f'{self.steps_per_epoch} steps per epoch, {self.total_steps} in all'
+      + (
+        f', rewiring in steps [{self.rewiring.rewire_start_steps}, {self.rewiring.rewire_end_steps}]'
+        if self.rewiring.enabled
+        else ''
+      )
+    )
+
+
+# ---------------------------------------------------------------------------------
+# Rules: one per config field. The spec field of the same name takes the checked value.
+
+
+@dataclasses.dataclass(frozen=True)
+class Int:
+  lo: int | None = None
+  hi: int | None = None
+
+  def check(self, field: str, value):
+    if isinstance(value, bool) or not isinstance(value, int):
+      _fail(field, value, 'must be an integer')
+    if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+      _fail(field, value, f'must be an integer {f">= {self.lo}" if self.hi is None else f"in [{self.lo}, {self.hi}]"}')
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Float:
+  lo: float | None = None
+  hi: float | None = None
+  lo_open: bool = False  # lo itself is not allowed
+
+  def check(self, field: str, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+      _fail(field, value, 'must be a finite number')
+    if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+      hi = f' and <= {self.hi}' if self.hi is not None else ''
+      _fail(field, value, f'must be {">" if self.lo_open else ">="} {self.lo}{hi}')
+    if self.hi is not None and value > self.hi:
+      _fail(field, value, f'must be in [{self.lo}, {self.hi}]')
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  allowed: tuple
+
+  def check(self, field: str, value):
+    if value not in self.allowed:
+      _fail(field, value, f'must be one of {", ".join(repr(a) for a in self.allowed)}')
+    return value
+
+
+class Bool:
+  def check(self, field: str, value):
+    if not isinstance(value, bool):
+      _fail(field, value, 'must be True or False')
+    return value
+
+
+class Text:
+  def check(self, field: str, value):
+    if not isinstance(value, str):
+      _fail(field, value, 'must be a string')
+    return value
+
+
+RULES = {
+  '': {
+    'seed': Int(0),
+    'num_seeds': Int(1),
+    'num_epochs': Int(1),
+    'batch_size': Int(1),
+    'eval_batch_size': Int(1),
+    'eval_every_epochs': Int(1),
+    'checkpoint_every_epochs': Int(1),
+    'log_every_steps': Int(1),
+    'halt_after_steps': Int(0),
+    'num_devices': Int(0),  # and <= the devices there are: checked in parse_config
+    'progress': Choice(PROGRESS),
+    'loop': Choice(LOOPS),
+  },
+  'data': {
+    'name': Choice(tuple(data_lib.DATASETS)),
+    'source': Choice(data_lib.SOURCES),
+    'dir': Text(),
+    'tfds_data_dir': Text(),
+    'download': Bool(),
+    'augment': Choice(data_lib.AUGMENTS),
+    'crop_padding': Int(0),
+    'synthetic_num_train': Int(1),
+    'synthetic_num_test': Int(1),
+    'synthetic_image_size': Int(1),
+    'synthetic_channels': Int(1),
+    'synthetic_num_classes': Int(2),
+  },
+  'model': {
+    'patch_grid': Int(1),
+    'patch_channels': Int(1),
+    'feature_order': Choice(models.ORDERS),
+    'hidden_width': Int(1),
+    'num_hidden': Int(1),
+    'width_rule': Choice(models.WIDTH_RULES),
+    'kernel_init': Choice(tuple(models.KERNEL_INITS)),
+  },
+  'connectivity': {
+    'kind': Choice(conn.KINDS),
+    'grouping': Choice(conn.GROUPINGS),
+    'num_groups': Int(1),
+    'p_intra': Float(0.0, 1.0),
+    'p_inter': Float(0.0, 1.0),
+    'inter': Choice(tiles.INTERS),
+    'tile_size': Int(0),
+    'tile_density': Float(0.0, 1.0, lo_open=True),
+  },
+  'optim': {
+    'optimizer': Choice(optim.OPTIMIZERS),
+    'learning_rate': Float(0.0, lo_open=True),
+    'weight_decay': Float(0.0),
+    'schedule': Choice(optim.SCHEDULES),
+    'warmup_steps': Int(0),
+    'b1': Float(0.0, 1.0),
+    'b2': Float(0.0, 1.0),
+    'eps': Float(0.0, lo_open=True),
+  },
+  'rewiring': {
+    'prune': Choice(rewiring.PRUNE),
+    'grow': Choice(rewiring.GROW),
+    'fraction': Float(0.0, 1.0, lo_open=True),
+    'fraction_schedule': Choice(rewiring.FRACTION_SCHEDULES),
+    'rewire_every_steps': Int(1),
+    'rewire_start_steps': Int(0),
+    'rewire_end_steps': Int(0),
+    'candidates': Choice(rewiring.CANDIDATES),
+    'hebbian_batches': Int(1),
+    'reset_optimizer_state': Bool(),
+  },
+}
+
+
+def _fail(field: str, value: Any, allowed: str):
+  raise ConfigError(f'config.{field} = {value!r}: {allowed}')
+
+
+def _section(config: ml_collections.ConfigDict, name: str) -> dict:
+  """The section's fields, each checked by its rule: {field: value}."""
+  c = config[name] if name else config
+  rules = RULES[name]
+  prefix = f'{name}.' if name else ''
+  missing = sorted(set(rules) - set(c.keys()))
+  if missing:
+    raise ConfigError(f'config.{prefix}{missing[0]} is missing (every field is listed in configs/default.py)')
+  sections = set(RULES) if not name else set()
+  unknown = sorted(set(c.keys()) - set(rules) - sections - set(RETIRED_FIELDS))
+  if unknown:
+    raise ConfigError(f'config.{prefix}{unknown[0]}: unknown field (every field is listed in configs/default.py)')
+  return {field: rule.check(prefix + field, c[field]) for field, rule in rules.items()}
+
+
+def _divisible(field: str, value: int, by: int, what: str):
+  if value % by:
+    _fail(field, value, f'must be divisible by {what} ({by})')
+
+
+def parse_config(
+  config: ml_collections.ConfigDict, *, device_count: int | None = None, backend: str | None = None
+) -> RunSpec:
+  """Validates every field and returns the complete spec of the run.
+
+  device_count and backend (default: JAX's) resolve num_devices = 0 and loop = 'auto';
+  progress = 'auto' asks whether stderr is a terminal.
+  """
+  device_count = jax.device_count() if device_count is None else device_count
+  backend = jax.default_backend() if backend is None else backend
+  top = _section(config, '')
+  if top['num_devices'] > device_count:
+    _fail('num_devices', top['num_devices'], f'must be an integer in [0, {device_count}]')
+  top['num_devices'] = top['num_devices'] or device_count
+  _divisible('batch_size', top['batch_size'], top['num_devices'], 'the number of devices')
+  _divisible('eval_batch_size', top['eval_batch_size'], top['num_devices'], 'the number of devices')
+  if top['loop'] == 'auto':  # measured: the step loop is faster on a CPU, scanned epochs elsewhere
+    top['loop'] = 'steps' if backend == 'cpu' else 'scan'
+  if top['progress'] == 'auto':
+    top['progress'] = 'bar' if sys.stderr.isatty() else 'lines'
+
+  data = _parse_data(_section(config, 'data'), top['batch_size'])
+  connectivity = conn.ConnectivitySpec(**_section(config, 'connectivity'))
+  model = _parse_model(_section(config, 'model'), data.info, connectivity)
+  optim_spec = optim.OptimSpec(**_section(config, 'optim'))
+  total_steps = data.info.num_train // top['batch_size'] * top['num_epochs']
+  rewire = _parse_rewiring(_section(config, 'rewiring'), connectivity.kind, total_steps)
+  return RunSpec(**top, data=data, model=model, connectivity=connectivity, optim=optim_spec, rewiring=rewire)
+
+
+def _parse_data(fields: dict, batch_size: int) -> data_lib.DataSpec:
+  if fields['name'] == 'synthetic' and fields['source'] not in ('auto', 'synthetic'):
+    _fail('data.source', fields['source'], "must be 'auto' or 'synthetic' for data.name = 'synthetic'")
+  spec = data_lib.DataSpec(**fields)
+  if spec.augment == 'auto':
+    spec = dataclasses.replace(spec, augment=spec.info.augment)
+  if batch_size > spec.info.num_train:
+    _fail('batch_size', batch_size, f'must be <= the training set size ({spec.info.num_train})')
+  return spec
+
+
+def _parse_model(fields: dict, info: data_lib.DatasetInfo, spec: conn.ConnectivitySpec) -> models.ModelSpec:
+  grid, hidden_width = fields['patch_grid'], fields['hidden_width']
+  height, width = info.image_shape[:2]
+  if height % grid or width % grid:
+    _fail('model.patch_grid', grid, f'must divide the image size {height}x{width}')
+  num_features = grid * grid * fields['patch_channels']
+  num_hidden = fields['num_hidden']
+  if fields['width_rule'] == 'match_g2g_params':  # FC v1: dense, as many head params as G2G's expected count
+    density = conn.expected_density(spec.num_groups, spec.p_intra, spec.p_inter)
+    target = conn.mlp_param_count(num_features, [hidden_width] * num_hidden, info.num_classes, density)
+    widths = (conn.param_matched_width(num_features, num_hidden, info.num_classes, target),) * num_hidden
+  else:
+    widths = (hidden_width,) * num_hidden
+  if spec.kind == 'g2g':
+    what = 'connectivity.num_groups'
+    _divisible('model.patch_grid**2 * model.patch_channels (the feature count)', num_features, spec.num_groups, what)
+    if fields['width_rule'] == 'fixed':
+      _divisible('model.hidden_width', hidden_width, spec.num_groups, what)
+  if spec.inter == 'tiles':
+    if spec.kind != 'g2g':
+      _fail('connectivity.inter', 'tiles', f"needs connectivity.kind = 'g2g', not {spec.kind!r}")
+    sizes = [num_features, *widths]
+    for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+      why = tiles.check_sizes(n_in, n_out, spec.num_groups, spec.tile_size)
+      if why:
+        _fail('connectivity.tile_size', spec.tile_size, f'does not tile hidden_{k}: {why}')
+  return models.ModelSpec(**fields, widths=widths, num_classes=info.num_classes)
+
+
+def _parse_rewiring(fields: dict, kind: str, total_steps: int) -> rewiring.RewireSpec:
+  prune, grow = fields['prune'], fields['grow']
+  if (prune == 'none') != (grow == 'none'):
+    field, value = ('rewiring.grow', grow) if grow == 'none' else ('rewiring.prune', prune)
+    _fail(field, value, "must be set too: rewiring runs when prune and grow are both not 'none'")
+  enabled = prune != 'none'
+  if enabled and kind == 'dense':
+    _fail('rewiring.prune', prune, "must be 'none' with connectivity.kind = 'dense' (nothing to rewire)")
+  if enabled and fields['candidates'] == 'same_kind' and kind != 'g2g':
+    _fail('rewiring.candidates', 'same_kind', f"needs connectivity.kind = 'g2g' (groups), not {kind!r}")
+  end, start = fields['rewire_end_steps'], fields['rewire_start_steps']
+  if end and end < start:
+    _fail('rewiring.rewire_end_steps', end, f'must be 0 or >= rewiring.rewire_start_steps ({start})')
+  return rewiring.RewireSpec(**{**fields, 'rewire_end_steps': end or total_steps})  # 0: the end of training
+
+
+def changed_fields(old: dict, new: dict, prefix: str = '') -> dict[str, tuple[Any, Any]]:
+  """{dotted field: (old, new)} where two config dicts differ, runtime and retired fields excepted."""
+  out = {}
+  for key in sorted(set(old) | set(new)):
+    field = prefix + key
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out.update(changed_fields(a, b, field + '.'))
+    elif a != b and field not in RUNTIME_FIELDS and field not in RETIRED_FIELDS:
+      out[field] = (a, b)
+  return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+  """'field: old -> new' for each field where two config dicts differ, runtime fields excepted."""
+  return [f'{field}: {a!r} -> {b!r}' for field, (a, b) in changed_fields(old, new).items()]
