@@ -3,6 +3,10 @@
   python -m g2g_jax.main --config=configs/cifar10.py --workdir=/tmp/g2g/cifar10
   python -m g2g_jax.main --config=configs/cifar10.py:fc_v2 --workdir=/tmp/g2g/cifar10_fc_v2
 
+Measured on the JPEG copy (3 seeds, final test accuracy, mean ± std;
+experiments/reproduce/README.md, table 1): G2G mixer 61.61 ± 0.56%, FC v2 63.87 ± 0.21%,
+about 3.5 minutes a run on the project's 2-core CPU.
+
 Data: tfds, or cifar-10-batches-bin / cifar-10-batches-py under data.dir
 (default ~/.cache/g2g_jax). On machines without internet, the JPEG copy in
 ../shared/data: `python3 ../shared/data/prepare_cifar10.py ~/.cache/g2g_jax`
@@ -18,6 +22,5 @@ from configs import default  # noqa: E402  (configs/default.py, wherever this fi
 
 def get_config(row: str = 'g2g'):
   config = default.get_config(row)
-  config.data.name = 'cifar10'
-  config.model.patch_grid = 4  # 8x8 patches of a 32x32 image
+  config.data.name = 'cifar10'  # 4x4 patches of 8x8 pixels
   return config

@@ -15,6 +15,5 @@ from configs import default  # noqa: E402  (configs/default.py, wherever this fi
 
 def get_config(row: str = 'g2g'):
   config = default.get_config(row)
-  config.data.name = 'cifar100'
-  config.model.patch_grid = 4  # 8x8 patches of a 32x32 image
+  config.data.name = 'cifar100'  # 4x4 patches of 8x8 pixels
   return config

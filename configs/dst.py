@@ -9,6 +9,10 @@ highest Hebbian score: the "paper-style" default of ../shared/PAPER.md. Other cr
 by override, e.g. --config.rewiring.prune=magnitude --config.rewiring.grow=random (SET),
 --config.rewiring.grow=gradient (RigL), --config.rewiring.fraction_schedule=cosine.
 Another dataset: --config.data.name=cifar10.
+
+Measured in the reproduction's dst study, 20 epochs (--config.num_epochs=20), 3 seeds, final
+test accuracy: 90.09 ± 0.18% against 90.30 ± 0.17% with static masks
+(experiments/reproduce/README.md); the updates cost under 1% of training time.
 """
 
 import os
