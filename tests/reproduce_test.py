@@ -32,7 +32,7 @@ def test_run_keys_share_identical_trainings_and_ignore_runtime_fields():
   assert key('table1', 'G2G mixer') != key('dst', 'static')  # 30 against 20 epochs
   assert key('table1', 'ER') == key('init', 'ER / torch')  # torch is the default init
   assert key('init', 'ER / torch') != key('init', 'ER / he_normal')
-  assert len({key(s, n) for s, n in by_name}) == len(by_name) - 2 - len(studies.TABLE1)
+  assert len({key(s, n) for s, n in by_name}) == len(by_name) - 2 - len(studies.TABLE1) - 4  # budget: 4 shared
   _, changes = studies.run_key('fashion_mnist', by_name[('dst', 'mixed_hebbian')])
   assert changes == {'num_epochs': 20, 'rewiring.prune': 'mixed', 'rewiring.grow': 'hebbian'}
 
@@ -139,3 +139,23 @@ def test_report_keeps_cpu_and_gpu_timings_apart():
   assert report._timing(cpu_only, report._wall_cell) == '110'
   mixed = [rec('gpu', 10.0), rec('cpu', 100.0), rec('gpu', 30.0)]
   assert report._timing(mixed, report._wall_cell) == '100 (1); GPU 20 (2)'
+
+
+def test_budget_points_match_their_head_parameter_budget():
+  from g2g_jax import connectivity as conn  # noqa: PLC0415
+
+  for width, budget in studies.SCATTERED_POINTS + studies.TILED_POINTS:
+    groups, p_inter = studies.budget_connectivity(width, studies.BUDGETS[budget])
+    assert 1024 % groups == 0 and 512 % groups == 0
+    density = conn.expected_density(groups, 1.0, p_inter)
+    assert conn.mlp_param_count(512, [width] * 3, 10, density) == pytest.approx(studies.BUDGETS[budget], rel=1e-2)
+    assert 1 / groups <= density <= 3 / groups  # intra edges about half of a layer's
+  assert studies.budget_connectivity(1024, 0.69e6) == (8, 0.1522)  # the paper's G = 8, p' = 0.15, nearly
+  for w in studies.DENSE_WIDTHS[:2]:
+    assert conn.param_matched_width(512, 3, 10, conn.mlp_param_count(512, [w] * 3, 10)) == w
+  names = {e.name for e in studies.STUDIES['budget']}
+  assert len(names) == len(studies.STUDIES['budget'])
+  by_name = {(s, e.name): e for s, entries in studies.STUDIES.items() for e in entries}
+  key = lambda s, n: studies.run_key('cifar10', by_name[(s, n)])[0]  # noqa: E731
+  assert key('budget', 'dense w=1024 (FC v2)') == key('init', 'FC v2 / he_normal')  # shared runs
+  assert key('budget', 'G2G w=1024 0.69M') == key('init', 'G2G mixer / he_normal')

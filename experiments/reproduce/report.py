@@ -31,6 +31,7 @@ STUDY_TITLES = {
   'dst': "Dynamic sparse training on G2G mixer, p' = 0.15, 20 epochs",
   'tiles': 'Tiled inter-group edges against scattered ones, 30 epochs',
   'init': "Kernel initialisation: table 1's rows under each init, 30 epochs",
+  'budget': 'Matched budgets: accuracy against active head parameters, 30 epochs',
 }
 STUDY_NOTES = {
   'table1': 'FC v1 is dense with as many head params as G2GNet; FC v2 is dense at width 1024; ER has '
@@ -46,6 +47,13 @@ STUDY_NOTES = {
   '`lecun_normal` of variance 1 / fan_in. Kernels of every layer (patch conv, hidden, output) use it, biases '
   "start at 0, and each sparse layer's kernel is then rescaled to its active fan-in. The `torch` rows are "
   "table 1's runs.",
+  'budget': 'Three families at about the same active head parameters (0.35M, 0.69M = FC v1, 1.3M, 2.6M = FC v2), '
+  'all with he_normal (the better init of every row in the init study): dense MLPs of several widths (and one '
+  'wider), ER masks, and G2G mixer with scattered or tiled inter-group edges. A sparse point reaches its budget '
+  "through G and p' (`studies.budget_connectivity`: G the power of two nearest 2 / density, so intra-group edges "
+  "are about half of a layer's). Tiles take one whole-group tile per other group read, so they land a little "
+  'under their budget. Scattered masks cost on a CPU what the dense layer of their width costs, so ER and '
+  'scattered G2G run at width 1024 only.',
 }
 # (a, b) pairs compared in the findings table, per study.
 COMPARISONS = {
@@ -71,6 +79,12 @@ COMPARISONS = {
     ('G2G mixer / he_normal', 'ER / he_normal'),
     ('G2G index / he_normal', 'ER / he_normal'),
   ],
+  'budget': [(f'G2G w=1024 {b}', f'ER w=1024 {b}') for b in ('0.35M', '0.69M', '1.3M')]
+  + [(f'G2G tiles w={w} 0.35M', 'dense w=307') for w in (1024, 2048, 4096)]
+  + [(f'G2G tiles w={w} 0.69M', 'dense w=469 (FC v1)') for w in (1024, 2048, 4096)]
+  + [('G2G w=1024 0.69M', 'dense w=469 (FC v1)'), ('G2G w=1024 1.3M', 'dense w=686')]
+  + [(f'G2G tiles w={w} 1.3M', 'dense w=686') for w in (1024, 2048)]
+  + [(f'G2G tiles w={w} 0.69M', 'dense w=1024 (FC v2)') for w in (2048, 4096)],
 }
 PNG_META = {'Software': None}  # no library version in the files: the same results give the same bytes
 
@@ -303,6 +317,35 @@ def figure_init(rows, path, title):
   _finish(fig, ax, path, title, '', 'final test accuracy %')
 
 
+def figure_budget(rows, path, title):
+  """Accuracy against active head parameters (log axis) and against training seconds, a line per family."""
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  families = {}
+  for entry, recs in rows:
+    if recs:
+      families.setdefault(entry.family, []).append(recs)
+  for i, (family, points) in enumerate(families.items()):
+    points = sorted(points, key=lambda recs: np.mean([r['head_params'] for r in recs]))
+    style = dict(marker='o', capsize=3, color=f'C{i}', label=family, ls='-' if family == 'dense' else '--')
+    for ax, x_of in ((axes[0], 'head_params'), (axes[1], 'train_seconds')):
+      xs = [np.mean([r[x_of] for r in recs]) for recs in points]
+      stats = [_stats([r['final_test_accuracy'] for r in recs]) for recs in points]
+      ys = [100 * m for m, _ in stats]
+      errs = [0.0 if np.isnan(s) else 100 * s for _, s in stats]
+      ax.errorbar(xs, ys, yerr=errs, **style)
+  axes[0].set_xscale('log')
+  axes[1].set_xscale('log')
+  axes[0].set_xlabel('active head parameters')
+  axes[1].set_xlabel('training seconds on the 2-core CPU (sum of epochs)')
+  for ax in axes:
+    ax.set_ylabel('final test accuracy %')
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  _save(fig, path)
+
+
 def figure_mask(snapshot_path, path, title):
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
@@ -450,6 +493,10 @@ def build(results_dir: str, out_dir: str, figures: bool = True) -> str:
         figure = f'init_{dataset}.png'
         if figures:
           figure_init(rows, os.path.join(out_dir, figure), f'{DATASET_TITLES[dataset]}: accuracy by kernel init')
+      elif study == 'budget':
+        figure = f'budget_{dataset}.png'
+        if figures:
+          figure_budget(rows, os.path.join(out_dir, figure), f'{DATASET_TITLES[dataset]}: matched budgets')
       elif study == 'dst':
         figure = f'dst_{dataset}.png'
         if figures:

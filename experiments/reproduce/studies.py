@@ -26,6 +26,7 @@ class Entry:
   row: str  # a row of configs/default.py ROWS
   changes: tuple = ()  # (('section.field', value), ...)
   epochs: int = 30
+  family: str = ''  # the line an entry belongs to in a study's figure (the budget study)
 
 
 PRUNES = ('magnitude', 'random', 'hebbian', 'mixed')
@@ -38,6 +39,78 @@ TABLE1 = (('FC v1', 'fc_v1'), ('FC v2', 'fc_v2'), ('ER', 'er'), ('G2G index', 'g
 # paper-style preset, mixed pruning and Hebbian growth.
 MASK_ENTRY = ('dst', 'mixed_hebbian')
 MASK_LAYER = 'hidden_1'  # the middle sparse layer: under mixer, contiguous in, interleaved out
+
+# The budget study: head parameters near these (0.35M below FC v1, FC v1 0.69M, 1.3M, FC v2
+# 2.6M), each family at its better init from the init study (he_normal for every row).
+BUDGET_INIT = (('model.kernel_init', 'he_normal'),)
+BUDGETS = {'0.35M': 0.35e6, '0.69M': 0.69e6, '1.3M': 1.3e6, '2.6M': 2.6e6}
+# Dense widths with those head parameters (conn.param_matched_width), and one wider;
+# 0.69M and 2.6M are table 1's FC v1 and FC v2 rows.
+DENSE_WIDTHS = (307, 686, 2048)
+# (width, budget) of the sparse points. Scattered masks (ER, G2G) cost what the dense layer
+# of their width costs on a CPU, so they run at width 1024 only; tiles go wide.
+SCATTERED_POINTS = ((1024, '0.35M'), (1024, '1.3M'))
+TILED_POINTS = (
+  (1024, '0.35M'),
+  (1024, '0.69M'),
+  (1024, '1.3M'),
+  (2048, '0.35M'),
+  (2048, '0.69M'),
+  (2048, '1.3M'),
+  (4096, '0.35M'),
+  (4096, '0.69M'),
+)
+
+
+def budget_connectivity(width: int, target_params: float, num_features: int = 512, num_classes: int = 10):
+  """(G, p') whose G2G head of 3 hidden layers of `width` has about target_params active params.
+
+  Groups are the power of two nearest 2 / density, so intra-group edges (p = 1) are about
+  half of a layer's edges, as at the paper's G = 8, p' = 0.15; p' makes up the rest,
+  rounded to 4 decimals.
+  """
+  import math  # noqa: PLC0415
+
+  from g2g_jax import connectivity as conn  # noqa: PLC0415
+
+  dense_edges = conn.mlp_param_count(num_features, [width] * 3, num_classes) - conn.mlp_param_count(
+    num_features, [width] * 3, num_classes, density=0.0
+  )
+  density = (target_params - conn.mlp_param_count(num_features, [width] * 3, num_classes, 0.0)) / dense_edges
+  groups = 2 ** round(math.log2(2 / density))
+  p_inter = round((density - 1 / groups) * groups / (groups - 1), 4)
+  if not 0 <= p_inter <= 1:
+    raise ValueError(f'width {width}: no G2G layout has {target_params:.0f} head params')
+  return groups, p_inter
+
+
+def _budget_entries() -> list:
+  entries = [
+    Entry(f'dense w={w}', 'fc_v2', (('model.hidden_width', w), *BUDGET_INIT), family='dense') for w in DENSE_WIDTHS
+  ]
+  entries += [
+    Entry('dense w=469 (FC v1)', 'fc_v1', BUDGET_INIT, family='dense'),
+    Entry('dense w=1024 (FC v2)', 'fc_v2', BUDGET_INIT, family='dense'),
+    Entry('ER w=1024 0.69M', 'er', BUDGET_INIT, family='ER w=1024'),
+    Entry('G2G w=1024 0.69M', 'g2g_mixer', BUDGET_INIT, family='G2G scattered w=1024'),
+  ]
+  for width, budget in SCATTERED_POINTS:
+    groups, p_inter = budget_connectivity(width, BUDGETS[budget])
+    shape = (('connectivity.num_groups', groups), ('connectivity.p_inter', p_inter), *BUDGET_INIT)
+    entries += [
+      Entry(f'ER w={width} {budget}', 'er', shape, family=f'ER w={width}'),
+      Entry(f'G2G w={width} {budget}', 'g2g_mixer', shape, family=f'G2G scattered w={width}'),
+    ]
+  for width, budget in TILED_POINTS:
+    groups, p_inter = (8, 0.15) if (width, budget) == (1024, '0.69M') else budget_connectivity(width, BUDGETS[budget])
+    shape = (('connectivity.num_groups', groups), ('connectivity.p_inter', p_inter), ('connectivity.inter', 'tiles'))
+    if width != 1024:
+      shape += (('model.hidden_width', width),)
+    entries.append(
+      Entry(f'G2G tiles w={width} {budget}', 'g2g_mixer', (*shape, *BUDGET_INIT), family=f'G2G tiles w={width}')
+    )
+  return entries
+
 
 STUDIES = {
   'table1': [Entry(name, row) for name, row in TABLE1],
@@ -61,6 +134,7 @@ STUDIES = {
     Entry('scattered (bernoulli)', 'g2g_mixer'),
     Entry('tiles', 'g2g_mixer', (('connectivity.inter', 'tiles'),)),
   ],
+  'budget': _budget_entries(),
 }
 
 
