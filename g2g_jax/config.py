@@ -339,6 +339,17 @@ def changed_fields(old: dict, new: dict, prefix: str = '') -> dict[str, tuple[An
   return out
 
 
+def check_same_run(saved: dict | None, config_dict: dict, workdir: str):
+  """A ConfigError unless a workdir's saved config (None: a new workdir) and this one are one run:
+  resuming with another config would mix two runs."""
+  diff = config_differences(saved, config_dict) if saved is not None else []
+  if diff:
+    raise ConfigError(
+      f'workdir {workdir} holds a run with another config ({"; ".join(diff)}); '
+      'use a new --workdir, or the same config to resume'
+    )
+
+
 def config_differences(old: dict, new: dict) -> list[str]:
   """'field: old -> new' for each field where two config dicts differ, runtime fields excepted."""
   return [f'{field}: {a!r} -> {b!r}' for field, (a, b) in changed_fields(old, new).items()]

@@ -18,6 +18,7 @@ import os
 import pickle
 import socket
 import struct
+import zlib
 
 import numpy as np
 from absl import logging
@@ -130,25 +131,33 @@ def dataset_info(name: str, synthetic: SyntheticSpec = SyntheticSpec()) -> Datas
 # Local official formats.
 
 
-def _open_maybe_gz(path: str) -> bytes:
+def _open_maybe_gz(path: str) -> tuple[bytes, str]:
+  """(contents, the file read): path, or path.gz decompressed."""
   for candidate in (path, path + '.gz'):
     if os.path.exists(candidate):
-      opener = gzip.open if candidate.endswith('.gz') else open
-      with opener(candidate, 'rb') as f:
-        return f.read()
+      try:
+        if candidate.endswith('.gz'):
+          with gzip.open(candidate, 'rb') as f:
+            return f.read(), candidate
+        with open(candidate, 'rb') as f:
+          return f.read(), candidate
+      except (EOFError, OSError, zlib.error) as e:  # truncated or not gzip at all
+        raise DataError(f'{candidate}: unreadable ({e}); get the file again') from None
   raise DataNotFoundError(path)
 
 
 def read_idx(path: str) -> np.ndarray:
   """Reads an IDX file (MNIST / Fashion-MNIST format), gzipped or not."""
-  raw = _open_maybe_gz(path)
+  raw, where = _open_maybe_gz(path)
+  if len(raw) < 4:
+    raise DataError(f'{where}: {len(raw)} bytes, too short for an IDX file; get the file again')
   zero, dtype_code, ndim = struct.unpack('>HBB', raw[:4])
-  if zero != 0 or dtype_code != 0x08:
-    raise ValueError(f'{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})')
+  if zero != 0 or dtype_code != 0x08 or len(raw) < 4 + 4 * ndim:
+    raise DataError(f'{where}: not an unsigned-byte IDX file (magic {raw[:4].hex()}); get the file again')
   shape = struct.unpack(f'>{ndim}I', raw[4 : 4 + 4 * ndim])
   data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
   if data.size != int(np.prod(shape)):
-    raise ValueError(f'{path}: header says {shape}, file holds {data.size} bytes')
+    raise DataError(f'{where}: its header says {shape}, the file holds {data.size} bytes; get the file again')
   return data.reshape(shape)
 
 
@@ -176,7 +185,9 @@ def load_cifar_bin(directory: str):
   def read(names):
     raw = np.concatenate([np.fromfile(os.path.join(directory, n), np.uint8) for n in names])
     if raw.size % 3073:
-      raise ValueError(f'{directory}: {names} hold {raw.size} bytes, not a multiple of 3073')
+      raise DataError(
+        f'{directory}: {", ".join(names)} hold {raw.size} bytes, not whole records of 3073; get the files again'
+      )
     records = raw.reshape(-1, 3073)
     images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), records[:, 0].astype(np.int32)
@@ -220,9 +231,15 @@ def restricted_load(path: str) -> dict:
 def _cifar_pickle(path: str, label_key: bytes):
   if not os.path.exists(path):
     raise DataNotFoundError(path)
-  d = restricted_load(path)
-  images = np.asarray(d[b'data'], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  return np.ascontiguousarray(images), np.asarray(d[label_key], np.int32)
+  try:
+    d = restricted_load(path)
+    images = np.asarray(d[b'data'], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    labels = np.asarray(d[label_key], np.int32)
+  except pickle.UnpicklingError as e:
+    raise DataError(f'{path}: {e}') from None
+  except Exception as e:  # noqa: BLE001 (a truncated or foreign pickle fails in many ways)
+    raise DataError(f'{path}: not a CIFAR batch ({type(e).__name__}: {e}); get the file again') from None
+  return np.ascontiguousarray(images), labels
 
 
 def load_cifar10_py(directory: str):
@@ -353,7 +370,10 @@ def load_dataset(spec: DataSpec) -> Dataset:
   looked = []
   arrays = None
   if source == 'tfds':
-    arrays, where = load_tfds(name, tfds_data_dir, prepare=True), f'tfds ({name})'
+    if not _tfds_prepared(name, tfds_data_dir) and not _network_answers():
+      looked.append(f'tfds prepared copy (data_dir={tfds_data_dir or "tfds default"}); tfds download (no network)')
+    else:
+      arrays, where = load_tfds(name, tfds_data_dir, prepare=True), f'tfds ({name})'
   if arrays is None and source == 'auto':
     looked.append(f'tfds prepared copy (data_dir={tfds_data_dir or "tfds default"})')
     if _tfds_prepared(name, tfds_data_dir):
@@ -381,7 +401,7 @@ def load_dataset(spec: DataSpec) -> Dataset:
 
 def check_sizes(dataset: Dataset, info: DatasetInfo) -> Dataset:
   """The dataset, if each split holds as many images and labels as `info` says (a run's
-  schedule is computed from those); else a DataError."""
+  schedule is computed from those) and every label is a class; else a DataError."""
   for split, images, labels, expected in (
     ('train', dataset.train_images, dataset.train_labels, info.num_train),
     ('test', dataset.test_images, dataset.test_labels, info.num_test),
@@ -390,6 +410,12 @@ def check_sizes(dataset: Dataset, info: DatasetInfo) -> Dataset:
       raise DataError(
         f'{dataset.name} from {dataset.source}: the {split} split has {len(images)} images and {len(labels)} '
         f'labels, expected {expected} of each'
+      )
+    bad = (labels < 0) | (labels >= info.num_classes)
+    if bad.any():
+      raise DataError(
+        f'{dataset.name} from {dataset.source}: {int(bad.sum())} {split} labels outside 0..{info.num_classes - 1} '
+        f'(the first: {int(labels[bad][0])})'
       )
   return dataset
 

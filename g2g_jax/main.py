@@ -2,23 +2,44 @@
 
 Fields are overridden with --config.section.field=value; an unknown field is an error.
 A rerun with the same workdir resumes from its last checkpoint.
+
+A user's mistake or a fault is one line on stderr, `error: ...`, and a fixed exit status:
+  2   usage and config errors (flags, the config file, a field's value, another run's workdir)
+  3   data and workdir errors (a dataset not found or broken; a workdir in use, unwritable,
+      unreadable, or a full disk)
+  4   the run diverged (a non-finite loss); its last good checkpoint is intact
+  75  stopped by SIGTERM after saving a checkpoint (EX_TEMPFAIL: requeue and rerun to resume)
+  130 stopped by Ctrl-C (SIGINT) after saving a checkpoint; rerun to resume
 """
 
+import os
+import signal
 import sys
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from g2g_jax import train
 from g2g_jax.config import ConfigError
 from g2g_jax.data import DataError, DataNotFoundError
+from g2g_jax.interrupts import Stopped
+from g2g_jax.workdir import WorkdirError, check_path
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Path to a config file (configs/*.py[:row]).', lock_config=True
 )
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints and metrics; a rerun resumes there.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_SIGTERM, EXIT_SIGINT = 2, 3, 4, 75, 130
+
+
+def fail(message: str, status: int):
+  logging.error('%s', message)
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(status)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -29,20 +50,59 @@ def parse_flags(argv: list[str]) -> list[str]:
     key = str(e).strip('"\'')
     named = [a.split('=')[0] for a in argv if a.startswith('--config.') and f'.{key}' in a.split('=')[0]]
     where = named[0] if named else 'a --config override'
-    sys.exit(f'error: {where}: unknown config field {key!r} (every field is listed in configs/default.py)')
+    fail(f'{where}: unknown config field {key!r} (every field is listed in configs/default.py)', EXIT_CONFIG)
   except flags.Error as e:
-    sys.exit(f'error: {e}')
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    # config_flags puts the config file's own traceback in the message: its last line says what failed
+    fail(lines[0] if len(lines) < 3 else f'{lines[0].split(": ")[0]}: {lines[-1]}', EXIT_CONFIG)
+  except Exception as e:  # noqa: BLE001 (the config file is the user's code: it may fail in any way)
+    fail(f'--config: {_why(e)}', EXIT_CONFIG)
+
+
+def _why(e: BaseException) -> str:
+  """One line for an exception: its own, or its cause's (config_flags wraps the file's error)."""
+  while e.__cause__ is not None:
+    e = e.__cause__
+  lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+  where = f' (line {e.lineno})' if isinstance(e, SyntaxError) and e.lineno else ''
+  return f'{type(e).__name__}{where}: ' + ' '.join(lines)[:300]
+
+
+def load_config() -> ml_collections.ConfigDict:
+  """The --config file's config, or a one-line error naming the file."""
+  path = flags.FLAGS['config'].serialize().split('=', 1)[-1]
+  if not os.path.isfile(path.split(':')[0]):
+    fail(f'--config={path}: no such file', EXIT_CONFIG)
+  try:
+    config = _CONFIG.value
+  except Exception as e:  # noqa: BLE001 (a missing file, a syntax error, get_config raising)
+    fail(f'--config={path}: {_why(e)}', EXIT_CONFIG)
+  if not isinstance(config, ml_collections.ConfigDict):
+    fail(f'--config={path}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict', 2)
+  return config
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    fail(f'unexpected arguments: {" ".join(argv[1:])}', EXIT_CONFIG)
+  config = load_config()
+  try:
+    workdir = check_path(_WORKDIR.value)
+  except WorkdirError as e:
+    fail(str(e), EXIT_DATA)
   logging.info('JAX %s on %s: %s', jax.__version__, jax.default_backend(), jax.devices())
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, DataNotFoundError, DataError, FloatingPointError) as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
+    train.train_and_evaluate(config, workdir)
+  except ConfigError as e:
+    fail(str(e), EXIT_CONFIG)
+  except (DataNotFoundError, DataError, WorkdirError) as e:
+    fail(str(e), EXIT_DATA)
+  except FloatingPointError as e:
+    fail(str(e), EXIT_DIVERGED)
+  except Stopped as e:
+    fail(str(e), EXIT_SIGTERM if e.signum == signal.SIGTERM else EXIT_SIGINT)
+  except KeyboardInterrupt:
+    fail('interrupted; the last checkpoint in the workdir is intact: rerun the command to resume', EXIT_SIGINT)
 
 
 if __name__ == '__main__':

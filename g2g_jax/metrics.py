@@ -9,6 +9,10 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
+
+from g2g_jax import workdir as workdir_lib
+from g2g_jax.workdir import WorkdirError
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -27,36 +31,53 @@ def _plain(value: Any):
 class MetricWriter:
   """Appends one JSON object per record to WORKDIR/metrics.jsonl, and TensorBoard scalars.
 
-  A record must hold `step`. On resume, `truncate_after(step)` drops records newer
-  than the restored checkpoint, so the file never shows a step twice.
+  A record must hold `step`. Resuming at step s (resume_step), the writer keeps the
+  records up to s: from the file, or from `backup` (the checkpoint's copy) where the file
+  lost some, so the file never shows a step twice nor loses its history; TensorBoard
+  hides its points after s.
   """
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  def __init__(self, workdir: str, resume_step: int = 0, backup: list | None = None, tensorboard: bool = True):
     self.path = os.path.join(workdir, METRICS_FILE)
+    on_disk = read_records(workdir)
+    kept = [r for r in on_disk if r['step'] <= resume_step]
+    saved = [r for r in backup or [] if r['step'] <= resume_step]
+    if len(saved) > len(kept):
+      logging.warning(
+        '%s held %d of the %d records up to step %d: restored them from the checkpoint',
+        *(self.path, len(kept), len(saved), resume_step),
+      )
+      kept = saved
+    self._records = kept
+    if kept != on_disk or not _ends_whole(self.path):
+      self._rewrite()
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # noqa: PLC0415 (optional, slow import)
 
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      purge = resume_step + 1 if resume_step else None  # drop points after the restored step
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=purge)
 
   def records(self) -> list[dict]:
-    return read_records(os.path.dirname(self.path))
+    """The records written so far, oldest first."""
+    return list(self._records)
 
-  def truncate_after(self, step: int):
-    kept = [r for r in self.records() if r['step'] <= step]
-    if len(kept) == len(self.records()):
-      return
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in kept)
+  def _rewrite(self):
+    tmp = f'{self.path}.tmp{os.getpid()}'
+    with workdir_lib.writing(self.path), open(tmp, 'w') as f:
+      f.writelines(json.dumps(r, allow_nan=False) + '\n' for r in self._records)
+      f.flush()
+      os.fsync(f.fileno())
     os.replace(tmp, self.path)
 
   def write(self, record: dict):
     record = _plain(record)
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    line = json.dumps(record, allow_nan=False) + '\n'  # Infinity and NaN are not JSON
+    with workdir_lib.writing(self.path), open(self.path, 'a') as f:
+      f.write(line)
       f.flush()
       os.fsync(f.fileno())
+    self._records.append(record)
     if self._tb is not None:
       for key, value in record.items():
         if key != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -68,13 +89,41 @@ class MetricWriter:
       self._tb.close()
 
 
+def _ends_whole(path: str) -> bool:
+  """Whether a file is missing, empty, or ends with a newline (no half-written last line)."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return True
+  with open(path, 'rb') as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b'\n'
+
+
 def read_records(workdir: str) -> list[dict]:
-  """The records of WORKDIR/metrics.jsonl, oldest first ([] when there is none)."""
+  """The records of WORKDIR/metrics.jsonl, oldest first ([] when there is none).
+
+  A half-written last line (what a crash during an append leaves) is left out; any other
+  line that is not JSON is a WorkdirError naming the file and the line.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split('\n')
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError as e:
+      if number == len(lines):  # no newline after it: the append never finished
+        logging.warning('%s: line %d is half-written (%s); left out', path, number, e)
+        continue
+      raise WorkdirError(f'{path}: line {number} is not a record ({e}); move the file away to resume') from None
+    if not isinstance(record, dict) or 'step' not in record:
+      raise WorkdirError(f'{path}: line {number} is not a record; move the file away to resume')
+    records.append(record)
+  return records
 
 
 def read_runs(out_dir: str) -> dict[str, list[dict]]:

@@ -24,12 +24,12 @@ from jax.sharding import PartitionSpec as P
 from g2g_jax import checkpoint as ckpt_lib
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
-from g2g_jax import input_pipeline, models, optim, replicas, rewiring, schedule, tiles
+from g2g_jax import input_pipeline, interrupts, models, optim, replicas, rewiring, schedule, tiles
 from g2g_jax import metrics as metrics_lib
-from g2g_jax.config import ConfigError, RunSpec, config_differences, parse_config
+from g2g_jax import workdir as workdir_lib
+from g2g_jax.config import RunSpec, check_same_run, parse_config
 from g2g_jax.state import TrainState, apply_masks
 
-CONFIG_FILE = 'config.json'
 REWIRE_STREAM = 1  # fold_in(state.key, REWIRE_STREAM): the mask updates' keys, apart from the steps'
 
 
@@ -156,28 +156,15 @@ class Run(NamedTuple):
 
 def load_run(workdir: str) -> Run:
   """A run's config, the train state of its last checkpoint and its metrics records."""
-  with open(os.path.join(workdir, CONFIG_FILE)) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  saved = ckpt_lib.saved_config(workdir)
+  if saved is None:
+    raise workdir_lib.WorkdirError(f'{workdir}: no run to load (no checkpoint, no config.json)')
+  config = ml_collections.ConfigDict(saved)
   with contextlib.closing(ckpt_lib.Checkpointer(workdir)) as ckpt:
     restored = ckpt.restore(make_train_state(config))
   if restored is None:
-    raise FileNotFoundError(f'{workdir}: no checkpoint to load')
+    raise workdir_lib.WorkdirError(f'{workdir}: no checkpoint to load')
   return Run(config, restored[0], metrics_lib.read_records(workdir))
-
-
-def _check_workdir_config(workdir: str, config_dict: dict):
-  """A workdir belongs to one config: resuming with another would mix two runs."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    old = json.load(f)
-  diff = config_differences(old, config_dict)
-  if diff:
-    raise ConfigError(
-      f'workdir {workdir} holds a run with another config ({"; ".join(diff)}); '
-      'use a new --workdir, or the same config to resume'
-    )
 
 
 def _log_setup(spec: RunSpec, dataset: data_lib.Dataset, acct: dict, mesh: Mesh):
@@ -209,12 +196,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns the last evaluation record (also the last evaluation line of
   WORKDIR/metrics.jsonl), or {'step': s, 'halted': True} when config.halt_after_steps
-  stopped the run at step s.
+  stopped the run at step s. SIGTERM or SIGINT saves a checkpoint at the next step
+  boundary and raises interrupts.Stopped.
   """
   spec = parse_config(config)
   config_dict = json.loads(config.to_json())
-  if os.path.isdir(workdir):
-    _check_workdir_config(workdir, config_dict)
+  workdir = workdir_lib.check_path(workdir)
+  if os.path.isdir(workdir):  # fail before loading anything
+    check_same_run(ckpt_lib.saved_config(workdir), config_dict, workdir)
   dataset = data_lib.check_sizes(data_lib.load_dataset(spec.data), spec.data.info)
   mesh = make_mesh(spec.num_devices)
   state = init_state(spec)
@@ -224,10 +213,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for st in ([state] if seeds == 1 else [replicas.replica(state, k) for k in range(seeds)])
   ]
   _log_setup(spec, dataset, accts[0], mesh)
-  os.makedirs(workdir, exist_ok=True)
-  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
-    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-      json.dump(config_dict, f, indent=2)
 
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))  # one replica's batch
@@ -251,10 +236,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     halt_after_steps=spec.halt_after_steps,
   )
 
-  with (
-    contextlib.closing(ckpt_lib.Checkpointer(workdir)) as ckpt,
-    contextlib.closing(metrics_lib.MetricWriter(workdir)) as writer,
-  ):
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(workdir_lib.Lock(workdir))
+    stop = stack.enter_context(interrupts.StopRequests())
+    ckpt = stack.enter_context(contextlib.closing(ckpt_lib.Checkpointer(workdir)))
+    saved = ckpt_lib.saved_config(workdir)  # again, now that no other run can change the workdir
+    check_same_run(saved, config_dict, workdir)
+    identity = saved or config_dict
+    workdir_lib.keep_config(workdir, identity)
     state = jax.device_put(state, replicated)
     meta = {'best_test_accuracy': [0.0] * seeds, 'epoch_sums': metrics_lib.EpochSums(seeds).to_meta()}
     restored = ckpt.restore(state)
@@ -262,12 +251,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, meta = restored
       logging.info('resumed from the checkpoint at step %d in %s', int(np.ravel(state.step)[0]), ckpt.directory)
     step = int(np.ravel(state.step)[0])
-    writer.truncate_after(step)
+    writer = metrics_lib.MetricWriter(workdir, resume_step=step, backup=meta.get('records'))
+    stack.enter_context(contextlib.closing(writer))
     if step >= spec.total_steps:
       logging.info('run already finished (step %d of %d): nothing to train', step, spec.total_steps)
       evals = metrics_lib.eval_records(writer.records())
       return evals[-1] if evals else {'step': step}
-
     # Every program is compiled ahead, so epoch times are training alone and the compile
     # time is its own figure (the first evaluation record's compile_seconds).
     compile_seconds = {}
@@ -288,6 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       def run_chunk(state, step, n):
         metrics = []
         for i in range(n):
+          if stop and i:  # a stop request ends the chunk at this step boundary
+            break
           state, m = train_fn(state, jax.device_put(batches.batch(step + i), train_sharding))
           metrics.append(m)
         return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
@@ -357,19 +348,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.info('%s', line)
       return state, seconds
 
+    def diverged(what, value, step, k=0):
+      good = ckpt.latest_step()
+      return FloatingPointError(
+        f'non-finite {what} ({value}) at step {step}{f" (replica {k})" if seeds > 1 else ""}; stopped. '
+        f'Last good checkpoint in {workdir}: {"none yet" if good is None else f"step {good}"}, left intact.'
+      )
+
     def sync(sums, step):
       bad = sums.sync(step, batch_size)
       if bad is not None:
-        at, k, loss = bad
-        good = ckpt.latest_step()
-        raise FloatingPointError(
-          f'non-finite training loss ({loss}) at step {at}{f" (replica {k})" if seeds > 1 else ""}; stopped. '
-          f'Last good checkpoint in {workdir}: {"none yet" if good is None else f"step {good}"}, left intact.'
-        )
+        raise diverged('training loss', bad[2], bad[0], bad[1])
+
+    def save(step, state, sums):
+      meta = {'best_test_accuracy': list(best), 'epoch_sums': sums.to_meta(), 'config': identity}
+      ckpt.save(step, state, {**meta, 'records': writer.records()})
 
     def eval_record(state, step, sums, rewire_seconds):
       nonlocal best, unreported_compile
       test = evaluate(state, dataset.test_images, dataset.test_labels, spec.eval_batch_size, eval_fn, batch_sharding)
+      if not np.all(np.isfinite(test['loss'])):
+        k = int(np.argmin(np.isfinite(test['loss'])))
+        raise diverged('test loss', test['loss'][k], step, k)
       best = np.maximum(best, test['accuracy'])
       record = metrics_lib.eval_record(
         step=step,
@@ -400,10 +400,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       sums = metrics_lib.EpochSums(seeds, **meta['epoch_sums']) if step % spe else metrics_lib.EpochSums(seeds)
       progress.start_epoch()
       while True:  # one epoch, or what is left of it
-        n = plan.next_chunk(step)
-        state, metrics = run_chunk(state, step, n)
+        if stop and step == epoch_start:  # asked to stop before training any step here
+          raise interrupts.Stopped(stop.signum, step, saved=False)
+        state, metrics = run_chunk(state, step, plan.next_chunk(step))
         sums.add(metrics)
-        step += n
+        step += len(metrics['loss'])
         sync(sums, step)
         epoch = (step - 1) // spe
         done = (step - epoch_start) * batch_size * seeds
@@ -411,7 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if plan.rewire(step):
           state, seconds = rewire(state, step)
           rewire_seconds += seconds
-        if plan.epoch_end(step) or plan.halt(step):
+        if plan.epoch_end(step) or plan.halt(step) or stop:
           break
       sums.seconds += time.perf_counter() - t0
       progress.end_epoch()
@@ -419,9 +420,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         record = eval_record(state, step, sums, rewire_seconds)
         writer.write(record)
         logging.info('%s', metrics_lib.eval_line(record))
-      if plan.checkpoint(step):
-        sums_now = sums if step % spe else metrics_lib.EpochSums(seeds)
-        ckpt.save(step, state, {'best_test_accuracy': list(best), 'epoch_sums': sums_now.to_meta()})
+      if plan.checkpoint(step) or stop:
+        save(step, state, sums if step % spe else metrics_lib.EpochSums(seeds))
+      if stop:
+        ckpt.wait()
+        logging.warning('stopped at step %d: checkpoint saved in %s; rerun the command to resume', step, ckpt.directory)
+        raise interrupts.Stopped(stop.signum, step, saved=True)
       if plan.halt(step) and step < spec.total_steps:
         logging.info('halted at step %d (config.halt_after_steps); rerun the command to resume', step)
         return {'step': step, 'halted': True}

@@ -64,3 +64,32 @@ def synthetic_batches(config, n):
   return [
     {'image': ds.train_images[i * b : (i + 1) * b], 'label': ds.train_labels[i * b : (i + 1) * b]} for i in range(n)
   ]
+
+
+def run_cli(*args, cwd=ROOT, timeout=300, prefix=None):
+  """`python -m g2g_jax.main ARGS` (or `python PREFIX... ARGS`) in a subprocess."""
+  import subprocess
+  import sys
+
+  cmd = [sys.executable, *(prefix or ['-m', 'g2g_jax.main'])]
+  return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_cases(cases: list[list[str]], cwd=ROOT) -> list[dict]:
+  """Many command lines that end early (bad input), each in its own forked process: [{code, output}]."""
+  import json
+  import subprocess
+  import sys
+
+  driver = os.path.join(ROOT, 'tests', 'cli_cases.py')
+  r = subprocess.run([sys.executable, driver, json.dumps(cases)], cwd=cwd, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def one_error_line(output: str) -> str:
+  """The one `error: ...` line of a command's output, which must hold no traceback."""
+  assert 'Traceback' not in output, output[-3000:]
+  errors = [line for line in output.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1, output[-3000:]
+  return errors[0]

@@ -2,12 +2,9 @@
 
 import json
 import os
-import subprocess
-import sys
 
-import pytest
-
-from conftest import ROOT
+import conftest
+from conftest import ROOT, one_error_line, run_cli_cases
 
 MOCK_RUNNER = """
 import dataclasses
@@ -15,16 +12,17 @@ import sys
 import tensorflow_datasets as tfds
 from absl import app
 from g2g_jax import data, main
-# mock_data makes 64 examples a split: the size the run must then expect.
+# mock_data makes 64 examples a split: the size the run must then expect; it stands in for
+# a tfds that can download, so the network probe must answer.
 data.DATASETS['cifar100'] = dataclasses.replace(data.DATASETS['cifar100'], num_train=64, num_test=64)
+data._network_answers = lambda *args, **kwargs: True
 with tfds.testing.mock_data(num_examples=64):
   app.run(main.main, argv=sys.argv, flags_parser=main.parse_flags)
 """
 
 
 def run_cli(*args, cwd=ROOT, mock_tfds=False):
-  cmd = [sys.executable, '-c', MOCK_RUNNER] if mock_tfds else [sys.executable, '-m', 'g2g_jax.main']
-  return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+  return conftest.run_cli(*args, cwd=cwd, prefix=['-c', MOCK_RUNNER] if mock_tfds else None)
 
 
 def read_metrics(workdir):
@@ -77,32 +75,39 @@ def test_cifar100_config_under_tfds_mock_data(tmp_path):
 
 
 BAD_INPUT = [
-  (['--config.connectivity.p_inter=1.5'], 'config.connectivity.p_inter = 1.5: must be in [0.0, 1.0]'),
-  (['--config.connectivity.p_intra=-1.0'], 'config.connectivity.p_intra = -1.0: must be >= 0.0'),
-  (['--config.model.hidden_width=30'], 'config.model.hidden_width = 30: must be divisible by connectivity.num_groups'),
-  (['--config.data.name=mnist'], "config.data.name = 'mnist': must be one of 'fashion_mnist'"),
-  (['--config.connectivity.grouping=spiral'], "config.connectivity.grouping = 'spiral': must be one of"),
-  (['--config.batch_size=30'], 'config.batch_size = 30: must be divisible by the number of devices (4)'),
-  (['--config.model.depth=3'], "--config.model.depth: unknown config field 'depth'"),
-  (['--config.batch_size=abc'], '--config.batch_size=abc: invalid literal for int()'),
+  (['--config.connectivity.p_inter=1.5'], 2, 'config.connectivity.p_inter = 1.5: must be in [0.0, 1.0]'),
+  (['--config.connectivity.p_intra=-1.0'], 2, 'config.connectivity.p_intra = -1.0: must be >= 0.0'),
+  (
+    ['--config.model.hidden_width=30'],
+    2,
+    'config.model.hidden_width = 30: must be divisible by connectivity.num_groups',
+  ),
+  (['--config.data.name=mnist'], 2, "config.data.name = 'mnist': must be one of 'fashion_mnist'"),
+  (['--config.connectivity.grouping=spiral'], 2, "config.connectivity.grouping = 'spiral': must be one of"),
+  (['--config.batch_size=30'], 2, 'config.batch_size = 30: must be divisible by the number of devices (4)'),
+  (['--config.model.depth=3'], 2, "--config.model.depth: unknown config field 'depth'"),
+  (['--config.batch_size=abc'], 2, '--config.batch_size=abc: invalid literal for int()'),
   (
     ['--config.data.name=cifar100', '--config.data.source=local', '--config.data.dir=/nonexistent'],
+    3,
     "dataset 'cifar100' not found. Looked in: /nonexistent/cifar-100-python",
   ),
 ]
 
 
-@pytest.mark.parametrize('args,message', BAD_INPUT, ids=[a[0][0] for a in BAD_INPUT])
-def test_bad_input_exits_nonzero_with_message_and_writes_nothing(tmp_path, args, message):
-  workdir = tmp_path / 'run'
-  r = run_cli('--config=configs/smoke.py', f'--workdir={workdir}', *args)
-  assert r.returncode != 0
-  assert message in r.stderr, r.stderr[-2000:]
-  assert not workdir.exists()
+def test_bad_input_exits_with_one_line_and_its_status_and_writes_nothing(tmp_path):
+  cases = [
+    ['--config=configs/smoke.py', f'--workdir={tmp_path}/{i}', *args] for i, (args, _, _) in enumerate(BAD_INPUT)
+  ]
+  for i, ((_, status, message), result) in enumerate(zip(BAD_INPUT, run_cli_cases(cases), strict=True)):
+    assert result['code'] == status, result['output'][-2000:]
+    assert message in one_error_line(result['output'])
+    assert not (tmp_path / str(i)).exists()
 
 
 def test_non_finite_loss_exits_naming_the_step(tmp_path):
   r = run_cli('--config=configs/smoke.py', f'--workdir={tmp_path}', '--config.optim.learning_rate=1e30')
-  assert r.returncode != 0
-  assert 'non-finite training loss' in r.stderr and 'at step ' in r.stderr
+  assert r.returncode == 4
+  line = one_error_line(r.stderr)
+  assert 'non-finite training loss' in line and 'at step ' in line
   assert not os.path.exists(tmp_path / 'metrics.jsonl')

@@ -2,6 +2,8 @@ import io
 import json
 import os
 
+import pytest
+
 from g2g_jax import metrics
 
 
@@ -15,12 +17,28 @@ def test_writer_appends_json_lines_and_tensorboard(tmp_path):
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'tensorboard'))
 
 
-def test_truncate_after_drops_newer_records_only(tmp_path):
+def test_resuming_keeps_records_up_to_the_restored_step(tmp_path):
   w = metrics.MetricWriter(str(tmp_path), tensorboard=False)
   for step in (10, 20, 30):
     w.write({'step': step})
-  w.truncate_after(20)
-  assert [r['step'] for r in w.records()] == [10, 20]
+  w.close()
+  w = metrics.MetricWriter(str(tmp_path), resume_step=20, tensorboard=False)
+  assert [r['step'] for r in w.records()] == [10, 20] == [r['step'] for r in metrics.read_records(str(tmp_path))]
+
+
+def test_records_lost_from_the_file_come_back_from_the_checkpoints_copy(tmp_path):
+  backup = [{'step': 10}, {'step': 20}, {'step': 30}]
+  w = metrics.MetricWriter(str(tmp_path), resume_step=20, backup=backup, tensorboard=False)
+  assert [r['step'] for r in metrics.read_records(str(tmp_path))] == [10, 20]
+  w.write({'step': 25})
+  assert [r['step'] for r in w.records()] == [10, 20, 25]
+
+
+def test_a_record_that_is_not_json_is_refused(tmp_path):
+  w = metrics.MetricWriter(str(tmp_path), tensorboard=False)
+  with pytest.raises(ValueError):
+    w.write({'step': 1, 'loss': float('inf')})
+  assert metrics.read_records(str(tmp_path)) == []
 
 
 def test_progress_lines_mode():

@@ -60,10 +60,10 @@ def test_runner_appends_one_line_per_run_and_reuses_shared_runs(smoke_results):
   assert {r['backend'] for r in records} == {'cpu'}  # read from each run's own log
   assert all(r['compile_seconds'] > 0 for r in records)
   assert any(name.startswith('jit_train_step') for name in os.listdir(f'{tmp}/work/jax_cache'))  # shared cache
-  assert len(mixer['test_accuracy_curve']) == mixer['num_epochs'] == 30
+  assert len(mixer['test_accuracy_curve']) == mixer['num_epochs'] == studies.SMOKE_EPOCHS
   assert mixer['final_test_accuracy'] == mixer['test_accuracy_curve'][-1]
   assert mixer['best_test_accuracy'] == max(mixer['test_accuracy_curve'])
-  assert tiles['changes'] == {'connectivity.inter': 'tiles', 'num_epochs': 30}  # smoke runs 2 by default
+  assert tiles['changes'] == {'connectivity.inter': 'tiles', 'num_epochs': studies.SMOKE_EPOCHS}  # smoke: 2
   assert 0 < tiles['sparsity'] < 1 and tiles['flops_per_example'] < mixer['flops_per_example'] * 1.5
   assert dst['mask_snapshot'] == f'masks/smoke_{dst["key"]}_seed0.npz'
   assert os.path.exists(f'{tmp}/results/{dst["mask_snapshot"]}')
@@ -81,7 +81,14 @@ def test_report_is_rebuilt_byte_for_byte_from_the_results(smoke_results, tmp_pat
     r = script('report.py', f'--results_dir={tmp}/results', f'--out_dir={out}')
     assert r.returncode == 0, r.stderr[-2000:]
   names = sorted(os.listdir(outs[0]))
-  assert names == ['README.md', 'curves_smoke.png', 'dst_smoke.png', 'init_smoke.png', 'mask_smoke.png']
+  assert names == [
+    'README.md',
+    'curves_smoke.png',
+    'dst_smoke.png',
+    'init_smoke.png',
+    'mask_smoke.png',
+    'p_sweep_smoke.png',
+  ]
   for name in names:
     assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
   readme = (outs[0] / 'README.md').read_text()

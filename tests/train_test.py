@@ -13,7 +13,7 @@ from conftest import final_state, load_config, records, synthetic_batches
 from g2g_jax import checkpoint as ckpt_lib
 from g2g_jax import data as data_lib
 from g2g_jax import input_pipeline, replicas, rewiring, schedule, train
-from g2g_jax.config import parse_config
+from g2g_jax.config import ConfigError, parse_config
 from g2g_jax.state import apply_masks
 
 
@@ -228,7 +228,7 @@ def test_changed_config_refuses_the_old_workdir(smoke_config, tmp_path):
   smoke_config.halt_after_steps = 4
   train.train_and_evaluate(smoke_config, str(tmp_path))
   smoke_config.connectivity.p_inter = 0.5
-  with pytest.raises(train.ConfigError, match='connectivity.p_inter: 0.25 -> 0.5'):
+  with pytest.raises(ConfigError, match='connectivity.p_inter: 0.25 -> 0.5'):
     train.train_and_evaluate(smoke_config, str(tmp_path))
 
 

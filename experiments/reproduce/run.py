@@ -167,6 +167,7 @@ def save_mask_snapshot(workdir: str, path: str, layer: str):
 
 def run_one(dataset, study, entry, seed, key, changes, results, work_root, extra, timeout):
   workdir = os.path.join(work_root, dataset, key, f'seed{seed}')
+  config = studies.config_for(dataset, entry, seed)
   cmd = [
     sys.executable,
     '-m',
@@ -200,8 +201,8 @@ def run_one(dataset, study, entry, seed, key, changes, results, work_root, extra
     'row': entry.row,
     'seed': seed,
     'changes': changes,
-    'kernel_init': studies.config_for(dataset, entry, seed).model.kernel_init,
-    'num_epochs': entry.epochs,
+    'kernel_init': config.model.kernel_init,
+    'num_epochs': config.num_epochs,
     **summarize(metrics.read_records(workdir)),
     'wall_seconds': wall,
     'command': ' '.join(cmd[1:]).replace(studies.ROOT + '/', ''),
