@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from g2g_jax import hosts
 from g2g_jax import workdir as workdir_lib
 from g2g_jax.workdir import WorkdirError
 
@@ -117,9 +118,11 @@ class Checkpointer:
         continue
       if failures and not move_aside:
         return step, result
-      for bad, why in failures:
-        self._move_aside(bad, why)
+      if hosts.is_primary():
+        for bad, why in failures:
+          self._move_aside(bad, why)
       if failures:
+        hosts.barrier('checkpoints moved aside')
         self._manager.close()
         self._manager = self._make_manager()
       return step, result

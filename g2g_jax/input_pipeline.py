@@ -36,11 +36,28 @@ class TrainBatches:
     orders = np.stack([epoch_order(seed, epoch, len(self.images)) for seed in self.seeds])
     return orders if self.stacked else orders[0]
 
-  def batch(self, step: int) -> dict:
-    """The batch optimizer step `step` + 1 trains on: [(seeds,) batch, ...]."""
+  def indices(self, step: int) -> np.ndarray:
+    """The examples optimizer step `step` + 1 trains on: [(seeds,) batch]."""
     epoch, i = divmod(step, self.steps_per_epoch)
-    idx = self.orders(epoch)[..., i * self.batch_size : (i + 1) * self.batch_size]
+    return self.orders(epoch)[..., i * self.batch_size : (i + 1) * self.batch_size]
+
+  def batch(self, step: int) -> dict:
+    """The host batch optimizer step `step` + 1 trains on: [(seeds,) batch, ...]."""
+    idx = self.indices(step)
     return {'image': self.images[idx], 'label': self.labels[idx]}
+
+  def device_batch(self, step: int, sharding) -> dict:
+    """batch(step) as global arrays placed by `sharding`. Each process gathers only the rows
+    of the devices it drives (the whole batch, with one process)."""
+    idx = self.indices(step)
+
+    def place(array):
+      def rows(index):  # index: a slice per dimension of the global batch
+        return array[idx[index[: idx.ndim]]][(slice(None),) * idx.ndim + tuple(index[idx.ndim :])]
+
+      return jax.make_array_from_callback((*idx.shape, *array.shape[1:]), sharding, rows)
+
+    return {'image': place(self.images), 'label': place(self.labels)}
 
   def latest(self, step: int, k: int) -> dict:
     """The (up to) k batches trained on before step `step`: [(seeds,) k, batch, ...]."""

@@ -16,10 +16,12 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class Stopped(Exception):
   """A run stopped by a signal after saving a checkpoint at `step`; rerunning resumes it."""
 
-  def __init__(self, signum: int, step: int, saved: bool):
+  def __init__(self, signum: int | None, step: int):
+    signum = signal.SIGTERM if signum is None else signum  # a process another one's signal stopped
     self.signum, self.step = signum, step
-    what = 'a checkpoint was saved' if saved else 'nothing new to save'
-    super().__init__(f'stopped by {signal.Signals(signum).name} at step {step}; {what}: rerun the command to resume')
+    super().__init__(
+      f'stopped by {signal.Signals(signum).name} at step {step}; a checkpoint was saved: rerun the command to resume'
+    )
 
 
 class StopRequests:

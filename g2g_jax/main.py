@@ -3,6 +3,10 @@
 Fields are overridden with --config.section.field=value; an unknown field is an error.
 A rerun with the same workdir resumes from its last checkpoint.
 
+On many hosts, run the same command once per host: JAX finds a Cloud TPU pod slice, a
+SLURM job or an Open MPI job itself; elsewhere give --coordinator_address, --num_processes
+and --process_id. The workdir must be on a filesystem every host shares.
+
 A user's mistake or a fault is one line on stderr, `error: ...`, and a fixed exit status:
   2   usage and config errors (flags, the config file, a field's value, another run's workdir)
   3   data and workdir errors (a dataset not found or broken; a workdir in use, unwritable,
@@ -21,7 +25,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from g2g_jax import train
+from g2g_jax import hosts, train
 from g2g_jax.config import ConfigError
 from g2g_jax.data import DataError, DataNotFoundError
 from g2g_jax.interrupts import Stopped
@@ -31,6 +35,13 @@ _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Path to a config file (configs/*.py[:row]).', lock_config=True
 )
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints and metrics; a rerun resumes there.')
+_COORDINATOR = flags.DEFINE_string(
+  'coordinator_address', '', 'host:port of process 0, for a multi-process run the environment does not describe.'
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  'num_processes', 0, 'Processes of a multi-process run (with --coordinator_address).'
+)
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, "This process's index, 0 .. num_processes - 1.")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_SIGTERM, EXIT_SIGINT = 2, 3, 4, 75, 130
@@ -90,6 +101,13 @@ def main(argv):
     workdir = check_path(_WORKDIR.value)
   except WorkdirError as e:
     fail(str(e), EXIT_DATA)
+  if _COORDINATOR.value and (_NUM_PROCESSES.value < 1 or not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value):
+    fail(
+      f'--coordinator_address needs --num_processes >= 1 and --process_id in [0, num_processes) '
+      f'(got {_NUM_PROCESSES.value} and {_PROCESS_ID.value})',
+      EXIT_CONFIG,
+    )
+  hosts.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   logging.info('JAX %s on %s: %s', jax.__version__, jax.default_backend(), jax.devices())
   try:
     train.train_and_evaluate(config, workdir)

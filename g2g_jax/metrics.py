@@ -37,8 +37,11 @@ class MetricWriter:
   hides its points after s.
   """
 
-  def __init__(self, workdir: str, resume_step: int = 0, backup: list | None = None, tensorboard: bool = True):
+  def __init__(
+    self, workdir: str, resume_step: int = 0, backup: list | None = None, primary: bool = True, tensorboard: bool = True
+  ):
     self.path = os.path.join(workdir, METRICS_FILE)
+    self._primary = primary  # only one process of a run writes files; the others keep the records
     on_disk = read_records(workdir)
     kept = [r for r in on_disk if r['step'] <= resume_step]
     saved = [r for r in backup or [] if r['step'] <= resume_step]
@@ -49,10 +52,10 @@ class MetricWriter:
       )
       kept = saved
     self._records = kept
-    if kept != on_disk or not _ends_whole(self.path):
+    if primary and (kept != on_disk or not _ends_whole(self.path)):
       self._rewrite()
     self._tb = None
-    if tensorboard:
+    if tensorboard and primary:
       from tensorboardX import SummaryWriter  # noqa: PLC0415 (optional, slow import)
 
       purge = resume_step + 1 if resume_step else None  # drop points after the restored step
@@ -73,11 +76,13 @@ class MetricWriter:
   def write(self, record: dict):
     record = _plain(record)
     line = json.dumps(record, allow_nan=False) + '\n'  # Infinity and NaN are not JSON
+    self._records.append(record)
+    if not self._primary:
+      return
     with workdir_lib.writing(self.path), open(self.path, 'a') as f:
       f.write(line)
       f.flush()
       os.fsync(f.fileno())
-    self._records.append(record)
     if self._tb is not None:
       for key, value in record.items():
         if key != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool):

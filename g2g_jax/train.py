@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 from g2g_jax import checkpoint as ckpt_lib
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
-from g2g_jax import input_pipeline, interrupts, models, optim, replicas, rewiring, schedule, tiles
+from g2g_jax import hosts, input_pipeline, interrupts, models, optim, replicas, rewiring, schedule, tiles
 from g2g_jax import metrics as metrics_lib
 from g2g_jax import workdir as workdir_lib
 from g2g_jax.config import RunSpec, check_same_run, parse_config
@@ -236,14 +236,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     halt_after_steps=spec.halt_after_steps,
   )
 
+  hosts.check_shared(workdir)
   with contextlib.ExitStack() as stack:
-    stack.enter_context(workdir_lib.Lock(workdir))
+    lock = workdir_lib.Lock(workdir)  # held by process 0 for every process
+    hosts.on_primary(lock.__enter__, 'locking the workdir')
+    if hosts.is_primary():
+      stack.push(lock)
     stop = stack.enter_context(interrupts.StopRequests())
+
+    def stop_now():  # every process stops at the same step: one signalled process stops them all
+      return hosts.any_process(bool(stop))
+
     ckpt = stack.enter_context(contextlib.closing(ckpt_lib.Checkpointer(workdir)))
     saved = ckpt_lib.saved_config(workdir)  # again, now that no other run can change the workdir
     check_same_run(saved, config_dict, workdir)
     identity = saved or config_dict
-    workdir_lib.keep_config(workdir, identity)
+    hosts.on_primary(lambda: workdir_lib.keep_config(workdir, identity), 'writing config.json')
     state = jax.device_put(state, replicated)
     meta = {'best_test_accuracy': [0.0] * seeds, 'epoch_sums': metrics_lib.EpochSums(seeds).to_meta()}
     restored = ckpt.restore(state)
@@ -251,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, meta = restored
       logging.info('resumed from the checkpoint at step %d in %s', int(np.ravel(state.step)[0]), ckpt.directory)
     step = int(np.ravel(state.step)[0])
-    writer = metrics_lib.MetricWriter(workdir, resume_step=step, backup=meta.get('records'))
+    writer = metrics_lib.MetricWriter(workdir, step, meta.get('records'), primary=hosts.is_primary())
     stack.enter_context(contextlib.closing(writer))
     if step >= spec.total_steps:
       logging.info('run already finished (step %d of %d): nothing to train', step, spec.total_steps)
@@ -270,16 +278,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     step_fn = functools.partial(train_step, augment=spec.data.augment, crop_padding=spec.data.crop_padding)
     if not scanned:
-      train_fn = compile_ahead(
-        'train_step', step_fn, state, jax.device_put(batches.batch(0), train_sharding), donate=True
-      )
+      train_fn = compile_ahead('train_step', step_fn, state, batches.device_batch(0, train_sharding), donate=True)
 
       def run_chunk(state, step, n):
         metrics = []
         for i in range(n):
-          if stop and i:  # a stop request ends the chunk at this step boundary
+          if i and stop_now():  # a stop request ends the chunk at this step boundary
             break
-          state, m = train_fn(state, jax.device_put(batches.batch(step + i), train_sharding))
+          state, m = train_fn(state, batches.device_batch(step + i, train_sharding))
           metrics.append(m)
         return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
 
@@ -393,15 +399,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     best = np.asarray(meta['best_test_accuracy'], np.float64)
     unreported_compile = sum(compile_seconds.values())
-    progress = metrics_lib.Progress(spec.progress)
+    progress = metrics_lib.Progress(spec.progress if hosts.is_primary() else 'none')
     record = {}
     while step < plan.end(step):
       epoch_start, t0, rewire_seconds = step, time.perf_counter(), 0.0
       sums = metrics_lib.EpochSums(seeds, **meta['epoch_sums']) if step % spe else metrics_lib.EpochSums(seeds)
       progress.start_epoch()
       while True:  # one epoch, or what is left of it
-        if stop and step == epoch_start:  # asked to stop before training any step here
-          raise interrupts.Stopped(stop.signum, step, saved=False)
         state, metrics = run_chunk(state, step, plan.next_chunk(step))
         sums.add(metrics)
         step += len(metrics['loss'])
@@ -412,7 +416,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if plan.rewire(step):
           state, seconds = rewire(state, step)
           rewire_seconds += seconds
-        if plan.epoch_end(step) or plan.halt(step) or stop:
+        stopping = stop_now()
+        if plan.epoch_end(step) or plan.halt(step) or stopping:
           break
       sums.seconds += time.perf_counter() - t0
       progress.end_epoch()
@@ -420,12 +425,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         record = eval_record(state, step, sums, rewire_seconds)
         writer.write(record)
         logging.info('%s', metrics_lib.eval_line(record))
-      if plan.checkpoint(step) or stop:
+      if plan.checkpoint(step) or stopping:
         save(step, state, sums if step % spe else metrics_lib.EpochSums(seeds))
-      if stop:
+      if stopping:
         ckpt.wait()
         logging.warning('stopped at step %d: checkpoint saved in %s; rerun the command to resume', step, ckpt.directory)
-        raise interrupts.Stopped(stop.signum, step, saved=True)
+        raise interrupts.Stopped(stop.signum, step)
       if plan.halt(step) and step < spec.total_steps:
         logging.info('halted at step %d (config.halt_after_steps); rerun the command to resume', step)
         return {'step': step, 'halted': True}

@@ -249,14 +249,14 @@ def test_tfds_without_network_fails_at_once_without_downloading(monkeypatch):
 
 def signal_at(monkeypatch, signum, step):
   """Sends signum to this process while the loop fetches the batch of step `step` + 1."""
-  original = input_pipeline.TrainBatches.batch
+  original = input_pipeline.TrainBatches.indices
 
-  def batch(self, s):
+  def indices(self, s):
     if s == step:
       os.kill(os.getpid(), signum)
     return original(self, s)
 
-  monkeypatch.setattr(input_pipeline.TrainBatches, 'batch', batch)
+  monkeypatch.setattr(input_pipeline.TrainBatches, 'indices', indices)
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])

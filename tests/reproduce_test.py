@@ -118,6 +118,7 @@ def test_committed_readme_is_what_the_committed_results_give():
     (['table2'], "study ['table2']: expected one or more of table1"),
     (['table1', '--seeds=2', '--first_seed=2'], '--first_seed=2: must be at least 0 and below --seeds=2'),
     (['table1', '--jobs=0'], '--jobs=0: must be at least 1'),
+    (['table1', '--shard=2/2'], '--shard=2/2: expected K/N with 0 <= K < N'),
   ],
 )
 def test_runner_rejects_bad_arguments_by_name(args, message, tmp_path):
@@ -166,3 +167,27 @@ def test_budget_points_match_their_head_parameter_budget():
   key = lambda s, n: studies.run_key('cifar10', by_name[(s, n)])[0]  # noqa: E731
   assert key('budget', 'dense w=1024 (FC v2)') == key('init', 'FC v2 / he_normal')  # shared runs
   assert key('budget', 'G2G w=1024 0.69M') == key('init', 'G2G mixer / he_normal')
+
+
+def test_two_shards_at_once_run_every_run_exactly_once(tmp_path):
+  common = ['table1', '--dataset=smoke', '--seeds=1', f'--results_dir={tmp_path}/results', f'--work_root={tmp_path}/w']
+  procs = [
+    subprocess.Popen(
+      [sys.executable, os.path.join(REPRO, 'run.py'), *common, f'--shard={k}/2'],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for k in (0, 1)
+  ]
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+  assert '(shard 0 of 2): 3 run(s) to do' in outs[0][0] and '(shard 1 of 2): 2 run(s) to do' in outs[1][0]
+  records = lines(f'{tmp_path}/results/smoke.jsonl')
+  keys = [(r['key'], r['seed']) for r in records]
+  assert len(keys) == len(set(keys)) == len(studies.STUDIES['table1'])
+  again = script('run.py', *common, '--shard=1/2')
+  assert again.returncode == 0 and '0 run(s) to do' in again.stdout
+  r = script('report.py', f'--results_dir={tmp_path}/results', f'--out_dir={tmp_path}')
+  assert r.returncode == 0 and '| G2G mixer | torch | 1 |' in (tmp_path / 'README.md').read_text()

@@ -16,6 +16,7 @@ only the first run of each shape compiles.
 
 import argparse
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -53,12 +54,17 @@ _APPEND_LOCK = threading.Lock()
 
 def _append(path: str, record: dict):
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  # One write per line, under a lock (runs of --jobs finish together): a crash or a
-  # neighbour never leaves half a record.
+  # One write per line, under a thread lock (runs of --jobs finish together) and a file
+  # lock (shards on other machines append to the same file on a shared filesystem): a
+  # crash or a neighbour never leaves half a record or mixes two.
   with _APPEND_LOCK, open(path, 'a') as f:
-    f.write(json.dumps(record, sort_keys=True) + '\n')
-    f.flush()
-    os.fsync(f.fileno())
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      f.write(json.dumps(record, sort_keys=True) + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _commit() -> str:
@@ -247,6 +253,13 @@ def main(argv=None):
   parser.add_argument(
     '--stop_after', type=float, default=None, help='start no run later than this many seconds after launch'
   )
+  parser.add_argument(
+    '--shard',
+    default='0/1',
+    metavar='K/N',
+    help='run only the K-th of N disjoint parts of the runs (K = 0 .. N-1), e.g. a SLURM job array: '
+    '--shard=$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=0-(N-1)',
+  )
   parser.add_argument('--list', action='store_true', help='print the studies and their runs, then exit')
   args = parser.parse_args(argv)
 
@@ -267,6 +280,12 @@ def main(argv=None):
     parser.error(f'--first_seed={args.first_seed}: must be at least 0 and below --seeds={args.seeds}')
   if args.jobs < 1:
     parser.error(f'--jobs={args.jobs}: must be at least 1')
+  try:
+    shard, shards = (int(x) for x in args.shard.split('/'))
+    if not 0 <= shard < shards:
+      raise ValueError
+  except ValueError:
+    parser.error(f'--shard={args.shard}: expected K/N with 0 <= K < N, e.g. --shard=0/4')
   entries = [(study, e) for study in args.study for e in studies.STUDIES[study]]
   unknown = sorted(set(args.only) - {e.name for _, e in entries})
   if unknown:
@@ -287,21 +306,26 @@ def main(argv=None):
     extra += [f'--jax_compilation_cache_dir={os.path.abspath(cache)}', '--jax_persistent_cache_min_compile_time_secs=0']
 
   results = results_path(args.results_dir, args.dataset)
-  done = {(r['key'], r['seed']) for r in read_results(results)}
-  todo = []
+  runs, seen = [], set()
   for seed in range(args.first_seed, args.seeds):  # seed by seed: a sitting cut short leaves whole seeds done
     for study, entry in entries:
       key, changes = studies.run_key(args.dataset, entry)
-      if (key, seed) in done:
-        continue
-      done.add((key, seed))  # an entry repeated under two names runs once
-      todo.append((study, entry, seed, key, changes))
-  print(f'{" ".join(args.study)} on {args.dataset}: {len(todo)} run(s) to do, results in {results}', flush=True)
+      if (key, seed) not in seen:  # an entry repeated under two names runs once
+        seen.add((key, seed))
+        runs.append((study, entry, seed, key, changes))
+  # The shard's part of every run, done or not: the same split whatever has finished
+  # meanwhile, on any machine.
+  done = {(r['key'], r['seed']) for r in read_results(results)}
+  todo = [item for i, item in enumerate(runs) if i % shards == shard and (item[3], item[2]) not in done]
+  part = f' (shard {shard} of {shards})' if shards > 1 else ''
+  print(f'{" ".join(args.study)} on {args.dataset}{part}: {len(todo)} run(s) to do, results in {results}', flush=True)
 
   def go(item):
     study, entry, seed, key, changes = item
     if args.stop_after is not None and time.perf_counter() - t_launch > args.stop_after:
       return 'skipped'
+    if (key, seed) in {(r['key'], r['seed']) for r in read_results(results)}:
+      return 'done'  # finished meanwhile by another runner of the same part
     run_one(args.dataset, study, entry, seed, key, changes, results, args.work_root, extra, args.timeout)
     return 'done'
 
