@@ -58,6 +58,9 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   c.data.synthetic_num_classes = 10  # synthetic data only
 
   c.model = ml_collections.ConfigDict()
+  c.model.kind = (
+    'g2gnet'  # 'g2gnet' (patch conv + MLP head, the paper's) | 'mixer' (MLP-Mixer; configs/cifar10_mixer.py)
+  )
   c.model.patch_grid = 4  # patches per image side (4 -> 7x7 patches of 28x28, 8x8 of 32x32)
   c.model.patch_channels = 32  # conv channels per patch; features = patch_grid**2 * this
   c.model.feature_order = 'patch_major'  # 'patch_major' (index = patch*C + c) | 'channel_major'
@@ -65,6 +68,10 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   c.model.num_hidden = 3  # hidden (sparse) layers; the output layer is always dense
   c.model.width_rule = 'fixed'  # 'fixed' (hidden_width) | 'match_g2g_params' (FC v1: dense, as many params as G2G)
   c.model.kernel_init = 'torch'  # 'torch' (U(+-1/sqrt(fan_in)), the lab's) | 'lecun_normal' | 'he_normal'
+  c.model.mixer_blocks = 2  # mixer only: blocks of token mixing then channel mixing
+  c.model.mixer_channels = 128  # mixer only: channels per token (patch_grid**2 tokens)
+  c.model.mixer_tokens_mlp = 64  # mixer only: hidden width of the token-mixing MLPs
+  c.model.mixer_channels_mlp = 256  # mixer only: hidden width of the channel-mixing MLPs
 
   c.connectivity = ml_collections.ConfigDict()
   c.connectivity.kind = 'g2g'  # 'g2g' | 'er' (unstructured, same density) | 'dense'
@@ -77,6 +84,9 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
     0  # neurons per tile side, inter = 'tiles'; 0 = one tile per group side (small tiles are slow on a CPU)
   )
   c.connectivity.tile_density = 1.0  # edges present inside an inter tile, (0, 1]; < 1 leaves DST room to grow
+  # Which kernels are sparse: an fnmatch pattern over '/'-joined param paths; '' = the model's
+  # own (G2GNet: 'head/hidden_*/kernel', the Mixer: 'block_*/*_mlp/Dense_*/kernel').
+  c.connectivity.sparse_kernels = ''
 
   # Dynamic sparse training (g2g_jax/rewiring.py): off unless prune and grow are both set.
   c.rewiring = ml_collections.ConfigDict()

@@ -35,6 +35,15 @@ RUNTIME_FIELDS = (
 )
 # Fields that configs no longer have (deleted switches): a workdir that still lists them resumes.
 RETIRED_FIELDS = ('seed_layout', 'cpu_dots')
+# Fields added since runs were first written, with the value a config without them meant.
+ADDED_FIELDS = {
+  'connectivity.sparse_kernels': '',
+  'model.kind': 'g2gnet',
+  'model.mixer_blocks': 2,
+  'model.mixer_channels': 128,
+  'model.mixer_tokens_mlp': 64,
+  'model.mixer_channels_mlp': 256,
+}
 
 
 class ConfigError(ValueError):
@@ -71,11 +80,16 @@ class RunSpec:
   def total_steps(self) -> int:
     return self.steps_per_epoch * self.num_epochs
 
+  def _shape(self) -> str:
+    if self.model.kind == 'mixer':
+      return f'mixer of {self.model.num_patches} tokens x {self.model.mixer_channels} channels'
+    return f'hidden widths={list(self.model.widths)}'
+
   def resolved(self) -> str:
     """What the config's 'auto' fields and derived numbers came to, for the log."""
     return (
       f'loop={self.loop}, progress={self.progress}, num_devices={self.num_devices}, '
-      f'augment={self.data.augment}, hidden widths={list(self.model.widths)}, '
+      f'augment={self.data.augment}, {self._shape()}, '
       f'{self.steps_per_epoch} steps per epoch, {self.total_steps} in all'
       + (
         f', rewiring in steps [{self.rewiring.rewire_start_steps}, {self.rewiring.rewire_end_steps}]'
@@ -173,6 +187,7 @@ RULES = {
     'synthetic_num_classes': Int(2),
   },
   'model': {
+    'kind': Choice(models.KINDS),
     'patch_grid': Int(1),
     'patch_channels': Int(1),
     'feature_order': Choice(models.ORDERS),
@@ -180,6 +195,10 @@ RULES = {
     'num_hidden': Int(1),
     'width_rule': Choice(models.WIDTH_RULES),
     'kernel_init': Choice(tuple(models.KERNEL_INITS)),
+    'mixer_blocks': Int(1),
+    'mixer_channels': Int(1),
+    'mixer_tokens_mlp': Int(1),
+    'mixer_channels_mlp': Int(1),
   },
   'connectivity': {
     'kind': Choice(conn.KINDS),
@@ -190,6 +209,7 @@ RULES = {
     'inter': Choice(tiles.INTERS),
     'tile_size': Int(0),
     'tile_density': Float(0.0, 1.0, lo_open=True),
+    'sparse_kernels': Text(),
   },
   'optim': {
     'optimizer': Choice(optim.OPTIMIZERS),
@@ -262,7 +282,10 @@ def parse_config(
     top['progress'] = 'bar' if sys.stderr.isatty() else 'lines'
 
   data = _parse_data(_section(config, 'data'), top['batch_size'])
-  connectivity = conn.ConnectivitySpec(**_section(config, 'connectivity'))
+  fields = _section(config, 'connectivity')
+  kind = _section(config, 'model')['kind']
+  fields['sparse_kernels'] = fields['sparse_kernels'] or models.SPARSE_KERNELS[kind]  # '': the model's own
+  connectivity = conn.ConnectivitySpec(**fields)
   model = _parse_model(_section(config, 'model'), data.info, connectivity)
   optim_spec = optim.OptimSpec(**_section(config, 'optim'))
   total_steps = data.info.num_train // top['batch_size'] * top['num_epochs']
@@ -289,25 +312,40 @@ def _parse_model(fields: dict, info: data_lib.DatasetInfo, spec: conn.Connectivi
   num_features = grid * grid * fields['patch_channels']
   num_hidden = fields['num_hidden']
   if fields['width_rule'] == 'match_g2g_params':  # FC v1: dense, as many head params as G2G's expected count
+    if fields['kind'] != 'g2gnet':
+      _fail('model.width_rule', 'match_g2g_params', "is G2GNet's (FC v1): needs model.kind = 'g2gnet'")
     density = conn.expected_density(spec.num_groups, spec.p_intra, spec.p_inter)
     target = conn.mlp_param_count(num_features, [hidden_width] * num_hidden, info.num_classes, density)
     widths = (conn.param_matched_width(num_features, num_hidden, info.num_classes, target),) * num_hidden
   else:
     widths = (hidden_width,) * num_hidden
-  if spec.kind == 'g2g':
-    what = 'connectivity.num_groups'
-    _divisible('model.patch_grid**2 * model.patch_channels (the feature count)', num_features, spec.num_groups, what)
-    if fields['width_rule'] == 'fixed':
-      _divisible('model.hidden_width', hidden_width, spec.num_groups, what)
+  model = models.ModelSpec(**fields, widths=widths, num_classes=info.num_classes)
+  layers = [layer for layer in model.sparse_layers() if conn.fnmatch.fnmatchcase(layer[0], spec.sparse_kernels)]
+  if spec.kind != 'dense' and not layers:
+    _fail('connectivity.sparse_kernels', spec.sparse_kernels, f'matches no kernel of the {model.kind} model')
+  for path, n_in, n_out in layers if spec.kind == 'g2g' else ():
+    for side, n in (('input', n_in), ('output', n_out)):
+      _divisible(_size_field(model, path, side), n, spec.num_groups, 'connectivity.num_groups')
   if spec.inter == 'tiles':
     if spec.kind != 'g2g':
       _fail('connectivity.inter', 'tiles', f"needs connectivity.kind = 'g2g', not {spec.kind!r}")
-    sizes = [num_features, *widths]
-    for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for path, n_in, n_out in layers:
       why = tiles.check_sizes(n_in, n_out, spec.num_groups, spec.tile_size)
       if why:
-        _fail('connectivity.tile_size', spec.tile_size, f'does not tile hidden_{k}: {why}')
-  return models.ModelSpec(**fields, widths=widths, num_classes=info.num_classes)
+        _fail('connectivity.tile_size', spec.tile_size, f'does not tile {path.rsplit("/", 1)[0].split("/")[-1]}: {why}')
+  return model
+
+
+def _size_field(model: models.ModelSpec, path: str, side: str) -> str:
+  """The config field that sets one side's width of a sparse layer."""
+  if model.kind == 'g2gnet':
+    first_input = path == 'head/hidden_0/kernel' and side == 'input'
+    return 'model.patch_grid**2 * model.patch_channels (the feature count)' if first_input else 'model.hidden_width'
+  _, mlp, dense, _ = path.split('/')
+  outer = (dense == 'Dense_0') == (side == 'input')  # an MLP block maps the outer width to its hidden one and back
+  if mlp == 'token_mlp':
+    return 'model.patch_grid**2 (the token count)' if outer else 'model.mixer_tokens_mlp'
+  return 'model.mixer_channels' if outer else 'model.mixer_channels_mlp'
 
 
 def _parse_rewiring(fields: dict, kind: str, total_steps: int) -> rewiring.RewireSpec:
@@ -331,7 +369,7 @@ def changed_fields(old: dict, new: dict, prefix: str = '') -> dict[str, tuple[An
   out = {}
   for key in sorted(set(old) | set(new)):
     field = prefix + key
-    a, b = old.get(key), new.get(key)
+    a, b = old.get(key, ADDED_FIELDS.get(field)), new.get(key, ADDED_FIELDS.get(field))
     if isinstance(a, dict) and isinstance(b, dict):
       out.update(changed_fields(a, b, field + '.'))
     elif a != b and field not in RUNTIME_FIELDS and field not in RETIRED_FIELDS:

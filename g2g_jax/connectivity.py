@@ -2,10 +2,15 @@
 
 Everything here is host-side numpy, seeded, and cheap: masks are drawn once when a
 train state is built. A mask is a bool array `M_IxO` with `M[i, o]` True where input
-neuron `i` feeds output neuron `o` (the layout of a Flax `Dense` kernel).
+neuron `i` feeds output neuron `o` (the layout of a Flax `Dense` kernel). Which kernels
+are sparse is a pattern over parameter paths (`ConnectivitySpec.sparse_kernels`), so the
+same masks serve any Flax model; sparse layers are numbered in the natural order of
+their paths (hidden_2 before hidden_10).
 """
 
 import dataclasses
+import fnmatch
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +38,9 @@ class ConnectivitySpec:
   inter: str = 'bernoulli'  # inter-group edges: 'bernoulli' (the paper's) | 'tiles' (see tiles.py)
   tile_size: int = 0  # neurons per tile side, inter = 'tiles' only; 0 = a whole group
   tile_density: float = 1.0  # share of edges present inside an inter tile, inter = 'tiles' only
+  # '/'-joined parameter paths of the sparse kernels, an fnmatch pattern ('*' spans '/'):
+  # G2GNet's are 'head/hidden_*/kernel'.
+  sparse_kernels: str = 'head/hidden_*/kernel'
 
   @property
   def density(self) -> float:
@@ -98,43 +106,52 @@ def make_layer_mask(n_in: int, n_out: int, layer: int, spec: ConnectivitySpec, s
   return rng.random((n_in, n_out)) < probs
 
 
-def sparse_layer_paths(params: Mapping[str, Any]) -> list[tuple[str, ...]]:
-  """Flattened paths of the hidden-layer kernels of the MLP head, in depth order."""
+def natural_key(path: tuple[str, ...]) -> tuple:
+  """Sorts paths with the numbers in their names compared as numbers (hidden_2 < hidden_10)."""
+  return tuple(tuple(int(t) if t.isdigit() else t for t in re.split(r'(\d+)', part)) for part in path)
+
+
+def sparse_layer_paths(params: Mapping[str, Any], pattern: str) -> list[tuple[str, ...]]:
+  """Flattened paths of the kernels whose '/'-joined path matches the pattern, in natural order."""
   flat = traverse_util.flatten_dict(params)
-  paths = [p for p in flat if len(p) >= 2 and p[-1] == 'kernel' and p[-2].startswith('hidden_')]
-  return sorted(paths, key=layer_index)
+  return sorted((p for p in flat if fnmatch.fnmatchcase('/'.join(p), pattern)), key=natural_key)
 
 
-def layer_index(path: tuple[str, ...]) -> int:
-  """k of a path through 'hidden_k'."""
-  return int(path[-2].split('_')[-1])
+def layer_names(paths: Sequence[tuple[str, ...]]) -> list[str]:
+  """A short name per sparse kernel: its module path, less what every one of them shares
+  (G2GNet's 'head/hidden_0/kernel' is 'hidden_0')."""
+  modules = [p[:-1] for p in paths]
+  common = 0
+  while modules and all(len(m) > common + 1 and m[common] == modules[0][common] for m in modules):
+    common += 1
+  return ['/'.join(m[common:]) for m in modules]
 
 
 def make_masks(params: Mapping[str, Any], spec: ConnectivitySpec, seed: int):
-  """A tree shaped like `params`: bool masks for the hidden kernels, None elsewhere."""
+  """A tree shaped like `params`: bool masks for the sparse kernels, None elsewhere."""
   flat = traverse_util.flatten_dict(params)
   masks = {path: None for path in flat}
-  for layer, path in enumerate(sparse_layer_paths(params)):
+  for layer, path in enumerate(sparse_layer_paths(params, spec.sparse_kernels)):
     n_in, n_out = flat[path].shape
     masks[path] = make_layer_mask(n_in, n_out, layer, spec, seed)
   return traverse_util.unflatten_dict(masks)
 
 
 def make_groups(params: Mapping[str, Any], spec: ConnectivitySpec, seed: int) -> dict | None:
-  """{'hidden_k': {'in': g_in, 'out': g_out}}: each sparse layer's labels under the grouping.
+  """{layer name: {'in': g_in, 'out': g_out}}: each sparse layer's labels under the grouping.
 
   None when some width does not split into the spec's groups (a dense or ER model of
   arbitrary width), or for tiled layers, which carry their groups in their layout.
   """
   flat = traverse_util.flatten_dict(params)
-  paths = sparse_layer_paths(params)
+  paths = sparse_layer_paths(params, spec.sparse_kernels)
   shapes = [flat[p].shape for p in paths]
   if not paths or any(len(s) != 2 or s[0] % spec.num_groups or s[1] % spec.num_groups for s in shapes):
     return None
   groups = {}
-  for k, (path, (n_in, n_out)) in enumerate(zip(paths, shapes, strict=True)):
+  for k, (name, (n_in, n_out)) in enumerate(zip(layer_names(paths), shapes, strict=True)):
     g_in, g_out = layer_groups(n_in, n_out, k, spec, seed)
-    groups[path[-2]] = {'in': g_in.astype(np.int32), 'out': g_out.astype(np.int32)}
+    groups[name] = {'in': g_in.astype(np.int32), 'out': g_out.astype(np.int32)}
   return groups
 
 
@@ -179,15 +196,17 @@ class LayerStats:
     return self.active / self.dense_size
 
 
-def accounting(params, masks, num_patches: int, layout=None) -> dict:
+def accounting(params, masks, runs: Mapping[str, int], head: str, layout=None) -> dict:
   """Active parameters, densities and forward FLOPs per example.
 
-  Parameters are counted for the MLP head (`head`), as the paper's table does, and
-  for the whole model; a masked kernel counts its present edges only. FLOPs are
-  2 x multiply-adds of the kernels (biases and ReLUs ignored); the conv kernel runs
-  once per patch. `sparsity` is over the sparse (masked) layers, 0 for a dense model.
-  A tiled kernel (tiles.py) is measured against the dense layer it stands for, whose
-  size its layout gives.
+  Parameters are counted for the model's head (params whose '/'-joined path matches the
+  pattern `head`: G2GNet's MLP head, as the paper's table counts) and for the whole model;
+  a masked kernel counts its present edges only. FLOPs are 2 x multiply-adds of the
+  kernels (biases, norms and activations ignored); a kernel whose module path matches a
+  pattern in `runs` runs that many times per example (a conv once per patch, a Mixer's
+  token MLP once per channel), any other once. `sparsity` is over the sparse (masked)
+  layers, 0 for a dense model. A tiled kernel (tiles.py) is measured against the dense
+  layer it stands for, whose size its layout gives.
   """
   flat_p = traverse_util.flatten_dict(params)
   flat_m = traverse_util.flatten_dict(masks)
@@ -202,12 +221,13 @@ def accounting(params, masks, num_patches: int, layout=None) -> dict:
     active = int(np.asarray(m).sum()) if m is not None else size
     total_active += active
     total_size += size
-    if path[0] == 'head':
+    name = '/'.join(path)
+    if fnmatch.fnmatchcase(name, head):
       head_active += active
     if path[-1] == 'kernel':
-      runs = num_patches if path[0] == 'encoder' else 1
-      flops_sparse += 2 * active * runs
-      flops_dense += 2 * size * runs
+      times = next((n for pattern, n in runs.items() if fnmatch.fnmatchcase('/'.join(path[:-1]), pattern)), 1)
+      flops_sparse += 2 * active * times
+      flops_dense += 2 * size * times
       if m is not None:
         layers.append(LayerStats('/'.join(path[:-1]), size, active))
   sparse_total = sum(s.dense_size for s in layers)

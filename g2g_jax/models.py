@@ -1,7 +1,9 @@
-"""Linen modules of G2GNet: the patch-conv front end and the MLP head. Mask-agnostic.
+"""Linen models: G2GNet (patch-conv front end + MLP head) and an MLP-Mixer. Mask-agnostic.
 
 The modules never see connectivity masks: the train step keeps pruned weights at exactly
-zero in the params, so a masked layer is an ordinary `nn.Dense`.
+zero in the params, so a masked layer is an ordinary `nn.Dense`. A sparse layer may
+instead be a tiles.TiledDense, which computes only its present tiles. Models return
+logits; the Hebbian rule reads layer activity by interception (rewiring.layer_activity).
 """
 
 import dataclasses
@@ -15,6 +17,7 @@ from g2g_jax import connectivity as conn
 from g2g_jax import tiles
 from g2g_jax.tiles import TiledDense, TilePlan
 
+KINDS = ('g2gnet', 'mixer')
 ORDERS = ('patch_major', 'channel_major')
 WIDTH_RULES = ('fixed', 'match_g2g_params')
 # name -> (scale, distribution) of a fan-in variance-scaling initialiser.
@@ -23,20 +26,28 @@ KERNEL_INITS = {
   'lecun_normal': (1.0, 'truncated_normal'),
   'he_normal': (2.0, 'truncated_normal'),
 }
+# Each family's sparse kernels (the connectivity's default), and the params its "head" counts.
+SPARSE_KERNELS = {'g2gnet': 'head/hidden_*/kernel', 'mixer': 'block_*/*_mlp/Dense_*/kernel'}
+HEADS = {'g2gnet': 'head/*', 'mixer': 'block_*/*_mlp/*'}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """The network's shape (config.model), with the hidden widths and classes it resolves to."""
 
-  patch_grid: int = 4  # patches per image side
-  patch_channels: int = 32  # conv channels per patch
-  feature_order: str = 'patch_major'  # 'patch_major' | 'channel_major'
-  hidden_width: int = 1024  # the config's width (widths holds what the width rule made of it)
-  num_hidden: int = 3
-  width_rule: str = 'fixed'  # 'fixed' | 'match_g2g_params' (FC v1)
+  kind: str = 'g2gnet'  # 'g2gnet' | 'mixer'
+  patch_grid: int = 4  # patches per image side (both families)
+  patch_channels: int = 32  # G2GNet: conv channels per patch
+  feature_order: str = 'patch_major'  # G2GNet: 'patch_major' | 'channel_major'
+  hidden_width: int = 1024  # G2GNet: the config's width (widths holds what the width rule made of it)
+  num_hidden: int = 3  # G2GNet
+  width_rule: str = 'fixed'  # G2GNet: 'fixed' | 'match_g2g_params' (FC v1)
   kernel_init: str = 'torch'  # a name in KERNEL_INITS
-  widths: tuple[int, ...] = (1024, 1024, 1024)  # resolved hidden widths
+  mixer_blocks: int = 2  # Mixer: blocks of token mixing then channel mixing
+  mixer_channels: int = 128  # Mixer: channels per token (the stem's output)
+  mixer_tokens_mlp: int = 64  # Mixer: hidden width of the token-mixing MLP
+  mixer_channels_mlp: int = 256  # Mixer: hidden width of the channel-mixing MLP
+  widths: tuple[int, ...] = (1024, 1024, 1024)  # G2GNet: resolved hidden widths
   num_classes: int = 10
 
   @property
@@ -47,15 +58,50 @@ class ModelSpec:
   def num_features(self) -> int:
     return self.num_patches * self.patch_channels
 
+  @property
+  def head(self) -> str:
+    """The params the "head" counts (accounting's head_params)."""
+    return HEADS[self.kind]
 
-def make_model(spec: ModelSpec, connectivity: conn.ConnectivitySpec) -> 'G2GNet':
-  """G2GNet for the spec; its hidden layers are TiledDense when connectivity.inter is 'tiles'."""
-  plans = ()
+  @property
+  def runs(self) -> dict[str, int]:
+    """Module-path patterns of kernels that run more than once per example, and how often."""
+    if self.kind == 'mixer':
+      t, c = self.num_patches, self.mixer_channels
+      return {'stem': t, 'block_*/token_mlp/*': c, 'block_*/channel_mlp/*': t}
+    return {'encoder/*': self.num_patches}
+
+  def sparse_layers(self) -> list[tuple[str, int, int]]:
+    """(kernel path, n_in, n_out) of each layer the connectivity may make sparse, in natural order."""
+    if self.kind == 'mixer':
+      t, c = self.num_patches, self.mixer_channels
+      layers = []
+      for b in range(self.mixer_blocks):
+        for mlp, n, hidden in (('token_mlp', t, self.mixer_tokens_mlp), ('channel_mlp', c, self.mixer_channels_mlp)):
+          layers += [(f'block_{b}/{mlp}/Dense_0/kernel', n, hidden), (f'block_{b}/{mlp}/Dense_1/kernel', hidden, n)]
+      return sorted(layers, key=lambda layer: conn.natural_key(tuple(layer[0].split('/'))))
+    sizes = [self.num_features, *self.widths]
+    return [(f'head/hidden_{k}/kernel', a, b) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))]
+
+
+def make_model(spec: ModelSpec, connectivity: conn.ConnectivitySpec) -> nn.Module:
+  """The spec's model; its sparse layers are TiledDense when connectivity.inter is 'tiles'."""
+  plans = {}
   if connectivity.inter == 'tiles':
-    sizes = [spec.num_features, *spec.widths]
-    plans = tuple(
-      tiles.plan_layer(n_in, n_out, k, connectivity)
-      for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
+    chosen = [
+      layer for layer in spec.sparse_layers() if conn.fnmatch.fnmatchcase(layer[0], connectivity.sparse_kernels)
+    ]
+    plans = {path: tiles.plan_layer(a, b, k, connectivity) for k, (path, a, b) in enumerate(chosen)}
+  if spec.kind == 'mixer':
+    return Mixer(
+      num_classes=spec.num_classes,
+      patch_grid=spec.patch_grid,
+      channels=spec.mixer_channels,
+      num_blocks=spec.mixer_blocks,
+      tokens_mlp=spec.mixer_tokens_mlp,
+      channels_mlp=spec.mixer_channels_mlp,
+      kernel_init=spec.kernel_init,
+      tile_plans=tuple(sorted(plans.items())),
     )
   return G2GNet(
     widths=spec.widths,
@@ -64,13 +110,18 @@ def make_model(spec: ModelSpec, connectivity: conn.ConnectivitySpec) -> 'G2GNet'
     patch_channels=spec.patch_channels,
     feature_order=spec.feature_order,
     kernel_init=spec.kernel_init,
-    tile_plans=plans,
+    tile_plans=tuple(plans.get(f'head/hidden_{k}/kernel') for k in range(len(spec.widths))) if plans else (),
   )
 
 
 def kernel_init(name: str, in_axis=-2, out_axis=-1) -> nn.initializers.Initializer:
   scale, distribution = KERNEL_INITS[name]
   return nn.initializers.variance_scaling(scale, 'fan_in', distribution, in_axis=in_axis, out_axis=out_axis)
+
+
+def tiled_init(name: str) -> nn.initializers.Initializer:
+  """kernel_init for a TiledDense, drawn as [C, K x tile_in, tile_out] (fan-in K x tile_in)."""
+  return kernel_init(name, in_axis=1, out_axis=(0, 2))
 
 
 class PatchEncoder(nn.Module):
@@ -112,9 +163,6 @@ class MLPHead(nn.Module):
   its present tiles; the others are plain Dense layers (masked, if at all, by the train
   step). Between consecutive tiled layers activations stay feature-major ([neurons,
   batch]), the layout tiled layers compute in: one transpose into a run of them, one out.
-  Returns (logits, activations): activations[0] is the input and
-  activations[k + 1] the post-ReLU output of hidden_k, i.e. layer k's pre- and
-  post-synaptic activity for the Hebbian rule. Unused activations cost nothing under jit.
   """
 
   widths: Sequence[int]
@@ -123,8 +171,7 @@ class MLPHead(nn.Module):
   tile_plans: Sequence[TilePlan | None] = ()
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    acts = [x]
+  def __call__(self, x: jax.Array) -> jax.Array:
     feature_major = False  # whether x is [neurons, batch]: between tiled layers, see TiledDense
     for k, width in enumerate(self.widths):
       plan = self.tile_plans[k] if k < len(self.tile_plans) else None
@@ -135,17 +182,16 @@ class MLPHead(nn.Module):
       else:
         x = x if feature_major else x.T
         feature_major = True
-        init = kernel_init(self.kernel_init, in_axis=1, out_axis=(0, 2))  # drawn as [C, K x I, O]
-        layer = TiledDense(width, plan, feature_major=True, kernel_init=init, name=f'hidden_{k}')
+        layer = TiledDense(
+          width, plan, feature_major=True, kernel_init=tiled_init(self.kernel_init), name=f'hidden_{k}'
+        )
       x = nn.relu(layer(x))
-      acts.append(x.T if feature_major else x)  # [batch, neurons]; unused ones cost nothing under jit
     x = x.T if feature_major else x
-    logits = nn.Dense(self.num_classes, kernel_init=kernel_init(self.kernel_init), name='output')(x)
-    return logits, tuple(acts)
+    return nn.Dense(self.num_classes, kernel_init=kernel_init(self.kernel_init), name='output')(x)
 
 
 class G2GNet(nn.Module):
-  """Patch encoder + MLP head. Takes float images in [0, 1], shape [B, H, W, C]."""
+  """Patch encoder + MLP head. Takes float images in [0, 1], shape [B, H, W, C]; returns logits."""
 
   widths: Sequence[int]
   num_classes: int
@@ -156,7 +202,78 @@ class G2GNet(nn.Module):
   tile_plans: Sequence[TilePlan | None] = ()
 
   @nn.compact
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+  def __call__(self, images: jax.Array) -> jax.Array:
     encoder = PatchEncoder(self.patch_grid, self.patch_channels, self.feature_order, self.kernel_init, name='encoder')
     features = encoder(images)
     return MLPHead(self.widths, self.num_classes, self.kernel_init, self.tile_plans, name='head')(features)
+
+
+class MlpBlock(nn.Module):
+  """Dense (`Dense_0`, to `hidden`) + GELU + Dense (`Dense_1`, back), over the last axis;
+  either may be a TiledDense (a TilePlan in `plans`)."""
+
+  hidden: int
+  kernel_init: str = 'torch'
+  plans: tuple = (None, None)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for k, features in enumerate((self.hidden, x.shape[-1])):
+      if self.plans[k] is None:
+        layer = nn.Dense(features, kernel_init=kernel_init(self.kernel_init), name=f'Dense_{k}')
+      else:
+        layer = TiledDense(features, self.plans[k], kernel_init=tiled_init(self.kernel_init), name=f'Dense_{k}')
+      x = layer(x)
+      x = nn.gelu(x) if k == 0 else x
+    return x
+
+
+class MixerBlock(nn.Module):
+  """Token mixing (an MLP across the patches, `token_mlp`) then channel mixing (an MLP across
+  channels, `channel_mlp`), each after a LayerNorm and with a residual; x is [B, tokens, channels]."""
+
+  tokens_mlp: int
+  channels_mlp: int
+  kernel_init: str = 'torch'
+  plans: dict | None = None  # {'token_mlp': (plan_0, plan_1), 'channel_mlp': ...}: tiled layers
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    plans = self.plans or {}
+    y = nn.LayerNorm(name='norm_0')(x).swapaxes(1, 2)  # [B, channels, tokens]
+    token = MlpBlock(self.tokens_mlp, self.kernel_init, plans.get('token_mlp', (None, None)), name='token_mlp')
+    x = x + token(y).swapaxes(1, 2)
+    y = nn.LayerNorm(name='norm_1')(x)
+    channel = MlpBlock(self.channels_mlp, self.kernel_init, plans.get('channel_mlp', (None, None)), name='channel_mlp')
+    return x + channel(y)
+
+
+class Mixer(nn.Module):
+  """MLP-Mixer (Tolstikhin et al., 2021) for small images: a patch-embedding conv (`stem`),
+  MixerBlocks (`block_b`), a LayerNorm, mean pooling over patches and a dense `output`.
+  Returns logits."""
+
+  num_classes: int
+  patch_grid: int = 4
+  channels: int = 128
+  num_blocks: int = 2
+  tokens_mlp: int = 64
+  channels_mlp: int = 256
+  kernel_init: str = 'torch'
+  tile_plans: tuple = ()  # ((kernel path, TilePlan), ...) for the tiled layers
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    b, h, w, _ = images.shape
+    ph, pw = h // self.patch_grid, w // self.patch_grid
+    stem = nn.Conv(self.channels, (ph, pw), strides=(ph, pw), padding='VALID', name='stem')
+    x = stem(images).reshape(b, -1, self.channels)  # [B, tokens, channels]
+    plans = dict(self.tile_plans)
+    for i in range(self.num_blocks):
+      mine = {
+        mlp: tuple(plans.get(f'block_{i}/{mlp}/Dense_{k}/kernel') for k in (0, 1))
+        for mlp in ('token_mlp', 'channel_mlp')
+      }
+      x = MixerBlock(self.tokens_mlp, self.channels_mlp, self.kernel_init, mine, name=f'block_{i}')(x)
+    x = nn.LayerNorm(name='norm')(x).mean(axis=1)
+    return nn.Dense(self.num_classes, kernel_init=kernel_init(self.kernel_init), name='output')(x)

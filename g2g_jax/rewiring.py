@@ -1,6 +1,8 @@
-"""Dynamic sparse training: prune and grow criteria, Hebbian scores, schedule, update_masks.
+"""Dynamic sparse training: prune and grow criteria, Hebbian scores, schedule, and the update.
 
-`update_masks(state, batch, rng, *, spec)` is a pure function, jitted once by the loop.
+`rewire(params, opt_state, sparsity, batches, rng, ...)` updates any Linen model's masks;
+`update_masks(state, batch, rng, *, spec)` is it for G2GNet's TrainState, jitted once by
+the loop.
 For every sparse layer it prunes n = round(fraction x active edges) present edges and
 grows n absent ones, so each layer's density is exactly constant. Shapes never depend
 on n (selection is by rank, with n a traced number), so a decaying fraction does not
@@ -17,6 +19,7 @@ Choices where the paper is silent (see README):
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -41,7 +44,7 @@ class RewireSpec:
   fraction_schedule: str = 'constant'  # 'constant' | 'cosine' (decays to 0 at rewire_end_steps, as RigL)
   rewire_every_steps: int = 1000  # optimizer steps between updates
   rewire_start_steps: int = 0  # first step at which an update may run
-  rewire_end_steps: int = 0  # last step at which an update may run (the parser resolves 0 to the run's end)
+  rewire_end_steps: int = 0  # last step at which an update may run; 0: no end (the parser makes it the run's end)
   candidates: str = 'all'  # 'all' absent edges | 'same_kind': intra for intra, inter for inter
   hebbian_batches: int = 1  # the score averages over this many most recent training batches
   reset_optimizer_state: bool = True  # zero the optimizer moments of pruned and grown entries
@@ -52,7 +55,8 @@ class RewireSpec:
 
   def due(self, step: int) -> bool:
     """Whether an update runs right after optimizer step `step`."""
-    return self.enabled and schedule.due(step, self.rewire_every_steps, self.rewire_start_steps, self.rewire_end_steps)
+    end = self.rewire_end_steps or None
+    return self.enabled and schedule.due(step, self.rewire_every_steps, self.rewire_start_steps, end)
 
   def fraction_at(self, step):
     if self.fraction_schedule == 'constant':
@@ -156,82 +160,108 @@ def rewire_layer(spec: RewireSpec, mask, kernel, n, key, hebbian=None, gradient=
 
 
 def sparse_paths(masks) -> list[tuple[str, ...]]:
-  """Paths of the masked kernels, in depth order (hidden_0, hidden_1, ...)."""
+  """Paths of the masked kernels, in natural order (hidden_0, hidden_1, ...)."""
   flat = traverse_util.flatten_dict(masks)
-  return [p for p in conn.sparse_layer_paths(masks) if flat[p] is not None]
+  return sorted((p for p, m in flat.items() if m is not None), key=conn.natural_key)
 
 
 def count_active(masks) -> tuple[int, ...]:
-  """Active edges of each sparse layer, in depth order."""
+  """Active edges of each sparse layer, in natural order."""
   flat = traverse_util.flatten_dict(masks)
   return tuple(int(jnp.sum(flat[p])) for p in sparse_paths(masks))
 
 
-def _layer_signals(state, batch, spec: RewireSpec, paths):
+def layer_activity(apply_fn, variables, x, kernel_paths) -> dict:
+  """{kernel path: (pre [N, I], post [N, O])} for the layers that own those kernels, from one
+  forward pass intercepted with nn.intercept_methods: a layer's input, and the ReLU of its
+  output (the firing of a ReLU layer's neurons), flattened over every axis but the last.
+
+  The model needs no change: any Linen layer called with its input first works (nn.Dense,
+  tiles.TiledDense, also feature-major).
+  """
+  wanted = {p[:-1] for p in kernel_paths}
+  seen = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    module = context.module
+    if context.method_name == '__call__' and tuple(module.path) in wanted:
+      x, y = (args[0].T, out.T) if getattr(module, 'feature_major', False) else (args[0], out)
+      seen[tuple(module.path)] = (x.reshape(-1, x.shape[-1]), nn.relu(y.reshape(-1, y.shape[-1])))
+    return out
+
+  with nn.intercept_methods(interceptor):
+    apply_fn(variables, x)
+  return {p: seen[p[:-1]] for p in kernel_paths}
+
+
+def _layer_signals(params, variables_of, batches, spec: RewireSpec, paths, apply_fn, inputs, loss_fn):
   """Hebbian scores and dense-gradient magnitudes per sparse layer, averaged over batches."""
   need_hebbian = spec.prune in ('hebbian', 'mixed') or spec.grow == 'hebbian'
   need_gradient = spec.grow == 'gradient'
 
   def one_batch(b):
-    images = input_pipeline.to_float(b['image'])
-
-    def loss_fn(params):
-      logits, acts = state.apply_fn(state.variables(params), images)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, b['label']).mean(), acts
-
+    hebbian, gradients = [None] * len(paths), [None] * len(paths)
+    if need_hebbian:
+      activity = layer_activity(apply_fn, variables_of(params), inputs(b), paths)
+      hebbian = [hebbian_scores(*activity[p]) for p in paths]
     if need_gradient:
-      (_, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-      flat_g = traverse_util.flatten_dict(grads)
+      flat_g = traverse_util.flatten_dict(jax.grad(loss_fn)(params, b))
       gradients = [flat_g[p] for p in paths]
-    else:
-      _, acts = loss_fn(state.params)
-      gradients = [None] * len(paths)
-    layers = [conn.layer_index(p) for p in paths]
-    hebbian = [hebbian_scores(acts[k], acts[k + 1]) for k in layers] if need_hebbian else [None] * len(paths)
     return hebbian, gradients
 
-  signals = jax.lax.map(one_batch, batch)  # leading axis: the batches
+  signals = jax.lax.map(one_batch, batches)  # leading axis: the batches
   return jax.tree.map(lambda x: jnp.mean(x, axis=0), signals)
 
 
-def update_masks(state, batch: dict, rng: jax.Array, *, spec: RewireSpec) -> tuple[Any, dict]:
-  """Prunes and regrows every sparse layer once; returns the new state and counts.
+def rewire(params, opt_state, sparsity, batches, rng, *, spec, tx, step, apply_fn, inputs, loss_fn=None):
+  """Prunes and regrows every sparse layer of any Linen model once. Pure; jit it with the
+  keyword arguments bound.
 
   Args:
-    state: a TrainState; its params, masks, opt_state and last_grown are updated.
-    batch: {'image': uint8 [k, B, H, W, C], 'label': int [k, B]}, the k most recent
-      training batches (k = spec.hebbian_batches), for the Hebbian and gradient scores.
+    params, opt_state: the model's params and its optax state (tx's).
+    sparsity: a sparse.Sparsity (masks, last grown edges, groups, tiled layout, active edges).
+    batches: the latest k training batches, stacked on a leading axis, for the scores.
     rng: key for the random criteria.
-    spec: the RewireSpec (bound with functools.partial before jit).
+    spec: the RewireSpec; step: the optimizer step (for a decaying fraction).
+    apply_fn: the model's apply (variables, x) -> output; inputs(batch) -> its x.
+    loss_fn(params, batch) -> the loss, for gradient growth (RigL).
 
   Returns:
-    (state, info): info maps each layer name to pruned and grown counts, intra- and
-    inter-group edge counts after the update, the mean |w| of pruned edges and the
-    turnover (share of the previous update's grown edges pruned now; -1 before any).
+    (params, opt_state, sparsity, info): pruned weights and grown ones are 0; with
+    spec.reset_optimizer_state the moments of both are 0. info maps each layer name to
+    pruned and grown counts, intra- and inter-group edge counts after the update, the mean
+    |w| of pruned edges and the turnover (share of the previous update's grown edges pruned
+    now; -1 before any).
   """
-  paths = sparse_paths(state.masks)
-  hebbian, gradients = _layer_signals(state, batch, spec, paths)
-  fraction = spec.fraction_at(state.step)
-  flat_w = traverse_util.flatten_dict(state.params)
-  flat_m = traverse_util.flatten_dict(state.masks)
-  flat_g = traverse_util.flatten_dict(state.last_grown)
-  layouts = traverse_util.flatten_dict(state.layout) if state.layout is not None else {}
+  paths = sparse_paths(sparsity.masks)
+  names = conn.layer_names(paths)
+
+  def variables_of(p):
+    return {'params': p} if sparsity.layout is None else {'params': p, 'layout': sparsity.layout}
+
+  hebbian, gradients = _layer_signals(params, variables_of, batches, spec, paths, apply_fn, inputs, loss_fn)
+  fraction = spec.fraction_at(step)
+  flat_w = traverse_util.flatten_dict(params)
+  flat_m = traverse_util.flatten_dict(sparsity.masks)
+  flat_g = traverse_util.flatten_dict(sparsity.last_grown)
+  layouts = traverse_util.flatten_dict(sparsity.layout) if sparsity.layout is not None else {}
   new_w, new_m, new_g, changed, info = dict(flat_w), dict(flat_m), dict(flat_g), {}, {}
-  for k, path in enumerate(paths):
+  for k, (path, name) in enumerate(zip(paths, names, strict=True)):
     mask, kernel, last_grown = flat_m[path], flat_w[path], flat_g[path]
     heb = hebbian[k]
     if kernel.ndim == 4:  # a tiled layer: scores and groups at its present tiles
-      layout = {name: layouts[(*path[:-1], name)] for name in ('idx', 'intra', 'in_order', 'out_order')}
+      layout = {key: layouts[(*path[:-1], key)] for key in ('idx', 'intra', 'in_order', 'out_order')}
       heb = None if heb is None else tiles.to_blocks(heb, layout, *tiles.tile_sizes(kernel))
       same_group = jnp.broadcast_to(layout['intra'][:, None, :, None], mask.shape)  # kernel [C, O, K, I]
-    elif state.groups is not None:
-      groups = state.groups[path[-2]]
+    elif sparsity.groups is not None:
+      groups = sparsity.groups[name]
       same_group = groups['in'][:, None] == groups['out'][None, :]
     else:
       same_group = None
     n = jnp.round(fraction * jnp.sum(mask)).astype(jnp.int32)
-    # A static bound on n (the state's active edges are constant): top_k of it, not a full sort.
-    k_max = int(round(spec.fraction * state.active_edges[k])) + 1
+    # A static bound on n (active edges are constant): top_k of it, not a full sort.
+    k_max = int(round(spec.fraction * sparsity.active_edges[k])) + 1
     key = jax.random.fold_in(rng, k)
     pruned, grown = rewire_layer(spec, mask, kernel, n, key, heb, gradients[k], same_group, k_max)
     mask_after = (mask & ~pruned) | grown
@@ -250,18 +280,40 @@ def update_masks(state, batch: dict, rng: jax.Array, *, spec: RewireSpec) -> tup
     if same_group is not None:
       layer_info['intra'] = jnp.sum(mask_after & same_group)
       layer_info['inter'] = jnp.sum(mask_after & ~same_group)
-    info[path[-2]] = layer_info
+    info[name] = layer_info
 
-  changed_tree = traverse_util.unflatten_dict({p: changed.get(p) for p in flat_m})
-  opt_state = state.opt_state
   if spec.reset_optimizer_state:
+    changed_tree = traverse_util.unflatten_dict({p: changed.get(p) for p in flat_m})
     opt_state = optax.tree_map_params(
-      state.tx, lambda v, c: v if c is None else jnp.where(c, jnp.zeros_like(v), v), opt_state, changed_tree
+      tx, lambda v, c: v if c is None else jnp.where(c, jnp.zeros_like(v), v), opt_state, changed_tree
     )
-  state = state.replace(
-    params=traverse_util.unflatten_dict(new_w),
-    masks=traverse_util.unflatten_dict(new_m),
-    last_grown=traverse_util.unflatten_dict(new_g),
-    opt_state=opt_state,
+  sparsity = sparsity.replace(masks=traverse_util.unflatten_dict(new_m), last_grown=traverse_util.unflatten_dict(new_g))
+  return traverse_util.unflatten_dict(new_w), opt_state, sparsity, info
+
+
+def update_masks(state, batch: dict, rng: jax.Array, *, spec: RewireSpec) -> tuple[Any, dict]:
+  """rewire for a G2GNet TrainState and batches of uint8 images: {'image': [k, B, H, W, C],
+  'label': [k, B]}, the k latest training batches (k = spec.hebbian_batches). Returns the
+  new state and rewire's info."""
+
+  def inputs(b):
+    return input_pipeline.to_float(b['image'])
+
+  def loss_fn(params, b):
+    logits = state.apply_fn(state.variables(params), inputs(b))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, b['label']).mean()
+
+  params, opt_state, sparsity, info = rewire(
+    state.params,
+    state.opt_state,
+    state.sparsity(),
+    batch,
+    rng,
+    spec=spec,
+    tx=state.tx,
+    step=state.step,
+    apply_fn=state.apply_fn,
+    inputs=inputs,
+    loss_fn=loss_fn,
   )
-  return state, info
+  return state.replace(params=params, opt_state=opt_state, masks=sparsity.masks, last_grown=sparsity.last_grown), info

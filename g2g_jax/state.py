@@ -1,4 +1,5 @@
-"""TrainState: the step, params, optimizer state, connectivity masks and base RNG key."""
+"""TrainState (the step, params, optimizer state, connectivity masks and base RNG key) and
+Sparsity, what sparse training threads through any model's training beside its params."""
 
 from typing import Any
 
@@ -36,6 +37,27 @@ class TrainState(train_state.TrainState):
     """What apply_fn takes: the params (these or the state's) and the layout, if any."""
     params = self.params if params is None else params
     return {'params': params} if self.layout is None else {'params': params, 'layout': self.layout}
+
+  def sparsity(self) -> 'Sparsity':
+    return Sparsity(self.masks, self.last_grown, self.groups, self.layout, self.active_edges)
+
+
+@struct.dataclass
+class Sparsity:
+  """A model's sparse connectivity, as rewiring.rewire reads and returns it.
+
+  masks: params-shaped, a bool array per sparse kernel and None elsewhere.
+  last_grown: masks-shaped, the edges the latest update grew (for its turnover).
+  groups: {layer name: {'in': labels, 'out': labels}} of untiled sparse layers, or None.
+  layout: the 'layout' collection of tiled layers, or None.
+  active_edges: static, each sparse layer's active edges (constant under rewiring).
+  """
+
+  masks: Any
+  last_grown: Any
+  groups: Any = None
+  layout: Any = None
+  active_edges: tuple[int, ...] = struct.field(pytree_node=False, default=())
 
 
 def apply_masks(tree, masks):

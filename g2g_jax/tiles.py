@@ -223,12 +223,13 @@ def interleave(x_NxB: jax.Array, rows: int) -> jax.Array:
 
 
 class TiledDense(nn.Module):
-  """A sparse Dense layer that computes only its present tiles.
+  """A sparse Dense layer that computes only its present tiles: a drop-in for nn.Dense.
 
   Params: kernel [C, tile_out, K, tile_in], bias [features]. Layout (collection 'layout'):
-  the index arrays of make_layout. Equal to a Dense layer whose kernel is `to_dense`.
-  Takes and returns [batch, neurons] like nn.Dense, or with `feature_major` [neurons,
-  batch], the layout it computes in (MLPHead keeps it between tiled layers).
+  the index arrays of make_layout, which `make_masks_and_layout` fills. Equal to a Dense
+  layer whose kernel is `to_dense`. Takes and returns [..., neurons] like nn.Dense (any
+  leading axes), or with `feature_major` [neurons, batch], the layout it computes in
+  (G2GNet's head keeps it between tiled layers). `plan` comes from `plan_layer`.
   """
 
   features: int
@@ -242,7 +243,8 @@ class TiledDense(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x if self.feature_major else x.T
+    lead = x.shape[:-1]
+    x = x if self.feature_major else x.reshape(-1, x.shape[-1]).T
     n_in, b = x.shape
     t_in, t_out, k = self.plan.tile_in, self.plan.tile_out, self.plan.num_slots
     c_tiles, r_tiles = self.features // t_out, n_in // t_in
@@ -277,7 +279,7 @@ class TiledDense(nn.Module):
     elif self.plan.permute_out == 'gather':
       y = permute(y, out_inverse, out_order)
     y = y + bias[:, None]
-    return y if self.feature_major else y.T
+    return y if self.feature_major else y.T.reshape(*lead, self.features)
 
 
 def to_dense(blocks_CxOxKxI, layout: dict, n_in: int, n_out: int) -> np.ndarray:
@@ -308,7 +310,7 @@ def make_masks_and_layout(params, layout, spec: conn.ConnectivitySpec, seed: int
   flat_p = traverse_util.flatten_dict(params)
   flat_l = traverse_util.flatten_dict(layout)
   masks = {path: None for path in flat_p}
-  for k, path in enumerate(conn.sparse_layer_paths(params)):
+  for k, path in enumerate(conn.sparse_layer_paths(params, spec.sparse_kernels)):
     prefix = path[:-1]
     n_in, n_out = flat_l[(*prefix, 'in_order')].shape[0], flat_l[(*prefix, 'out_order')].shape[0]
     arrays, mask = make_layout(n_in, n_out, k, spec, seed)

@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 from g2g_jax import checkpoint as ckpt_lib
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
-from g2g_jax import hosts, input_pipeline, interrupts, models, optim, replicas, rewiring, schedule, tiles
+from g2g_jax import hosts, input_pipeline, interrupts, models, optim, replicas, rewiring, schedule, sparse
 from g2g_jax import metrics as metrics_lib
 from g2g_jax import workdir as workdir_lib
 from g2g_jax.config import RunSpec, check_same_run, parse_config
@@ -63,49 +63,42 @@ def _seed_state(spec: RunSpec, seed: int) -> TrainState:
   model = models.make_model(spec.model, spec.connectivity)
   dummy = jnp.zeros((1, *spec.data.info.image_shape), jnp.float32)
   variables = jax.jit(model.init)(k_init, dummy)
-  params, layout = variables['params'], variables.get('layout')
-  if layout is None:
-    masks = conn.make_masks(params, spec.connectivity, seed)
-  else:
-    masks, layout = tiles.make_masks_and_layout(params, layout, spec.connectivity, seed)
-
-  def rescale(p, m):
-    if m is None:
-      return p
-    return jnp.asarray((tiles.rescale_init if p.ndim == 4 else conn.rescale_init)(np.asarray(p), m))
-
-  def as_array(m):
-    return None if m is None else jnp.asarray(m)
-
-  params = jax.tree.map(rescale, params, masks)
-  masks = jax.tree.map(as_array, masks, is_leaf=lambda x: x is None)
+  params, sparsity = sparse.sparsify(variables['params'], spec.connectivity, seed, variables.get('layout'))
   return TrainState.create(
     apply_fn=model.apply,
     params=params,
     tx=optim.make_optimizer(spec.optim, spec.total_steps),
-    masks=masks,
     key=k_run,
-    last_grown=jax.tree.map(lambda m: None if m is None else jnp.zeros_like(m), masks, is_leaf=lambda x: x is None),
-    layout=layout,
-    groups=jax.tree.map(jnp.asarray, conn.make_groups(params, spec.connectivity, seed)),
-    active_edges=rewiring.count_active(masks),
+    masks=sparsity.masks,
+    last_grown=sparsity.last_grown,
+    layout=sparsity.layout,
+    groups=sparsity.groups,
+    active_edges=sparsity.active_edges,
   )
 
 
 def loss_and_logits(params, state, images, labels):
-  logits, _ = state.apply_fn(state.variables(params), images)
+  logits = state.apply_fn(state.variables(params), images)
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
 
-def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: int):
-  """One optimizer step on a batch of uint8 images. Pure; jitted once by the loop."""
+def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: int, remask: bool = True):
+  """One optimizer step on a batch of uint8 images. Pure; jitted once by the loop.
+
+  Gradients are masked, so a pruned weight whose optimizer moments are zero gets an update
+  of exactly 0 and stays 0. remask=False skips masking the params after the update: exact
+  whenever pruned entries' moments are zero (from the start, and after every mask update
+  with rewiring.reset_optimizer_state).
+  """
   key = jax.random.fold_in(state.key, state.step)
   images = input_pipeline.preprocess(key, batch['image'], augment, crop_padding)
   grad_fn = jax.value_and_grad(loss_and_logits, has_aux=True)
   (loss, logits), grads = grad_fn(state.params, state, images, batch['label'])
   grads = apply_masks(grads, state.masks)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = apply_masks(optax.apply_updates(state.params, updates), state.masks)
+  params = optax.apply_updates(state.params, updates)
+  if remask:  # pruned entries may carry moments (rewiring without resetting them)
+    params = apply_masks(params, state.masks)
   state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
   return state, {'loss': loss, 'accuracy': accuracy}
@@ -114,14 +107,14 @@ def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: in
 def eval_step(state: TrainState, batch: dict):
   """Sums of loss and correct predictions over the examples with weight 1."""
   images = input_pipeline.to_float(batch['image'])
-  logits, _ = state.apply_fn(state.variables(), images)
+  logits = state.apply_fn(state.variables(), images)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
   correct = jnp.argmax(logits, -1) == batch['label']
   w = batch['weight']
   return {'loss': jnp.sum(losses * w), 'correct': jnp.sum(correct * w), 'count': jnp.sum(w)}
 
 
-def train_chunk(state, data, order, first, *, length, batch_size, batch_sharding, augment, crop_padding):
+def train_chunk(state, data, order, first, *, length, batch_size, batch_sharding, augment, crop_padding, remask):
   """`length` train steps in one call, on the device-resident `data`: step j trains on the
   examples order[(first + j) * batch_size :][:batch_size]. Returns the state and per-step
   metrics [length]."""
@@ -130,7 +123,7 @@ def train_chunk(state, data, order, first, *, length, batch_size, batch_sharding
     idx = jax.lax.dynamic_slice(order, ((first + j) * batch_size,), (batch_size,))
     batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return train_step(state, batch, augment=augment, crop_padding=crop_padding)
+    return train_step(state, batch, augment=augment, crop_padding=crop_padding, remask=remask)
 
   return jax.lax.scan(body, state, jnp.arange(length))
 
@@ -175,10 +168,7 @@ def _log_setup(spec: RunSpec, dataset: data_lib.Dataset, acct: dict, mesh: Mesh)
   )
   logging.info('devices: %d in mesh %s (%s)', mesh.size, dict(mesh.shape), jax.devices()[0].platform)
   logging.info('resolved: %s; %d seed(s)', spec.resolved(), spec.num_seeds)
-  logging.info(
-    'model: %d features -> hidden %s -> %d classes; connectivity %s',
-    *(spec.model.num_features, list(spec.model.widths), spec.model.num_classes, spec.connectivity),
-  )
+  logging.info('model: %s; connectivity %s', spec.model, spec.connectivity)
   for name, density in acct['layer_density'].items():
     logging.info('  %s: density %.4f', name, density)
   logging.info(
@@ -209,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = init_state(spec)
   seeds, spe, batch_size = spec.num_seeds, spec.steps_per_epoch, spec.batch_size
   accts = [
-    conn.accounting(st.params, st.masks, spec.model.num_patches, st.layout)
+    conn.accounting(st.params, st.masks, spec.model.runs, spec.model.head, st.layout)
     for st in ([state] if seeds == 1 else [replicas.replica(state, k) for k in range(seeds)])
   ]
   _log_setup(spec, dataset, accts[0], mesh)
@@ -276,7 +266,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       compile_seconds[name] = time.perf_counter() - t0
       return compiled
 
-    step_fn = functools.partial(train_step, augment=spec.data.augment, crop_padding=spec.data.crop_padding)
+    # Pruned entries keep zero moments unless masks change without resetting them.
+    remask = spec.rewiring.enabled and not spec.rewiring.reset_optimizer_state
+    step_fn = functools.partial(
+      train_step, augment=spec.data.augment, crop_padding=spec.data.crop_padding, remask=remask
+    )
     if not scanned:
       train_fn = compile_ahead('train_step', step_fn, state, batches.device_batch(0, train_sharding), donate=True)
 
@@ -293,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       data = jax.device_put({'image': dataset.train_images, 'label': dataset.train_labels}, replicated)
       example = (state, data, jax.device_put(np.zeros_like(batches.orders(0), np.int32), replicated), 0)
       chunk_kw = dict(batch_size=batch_size, batch_sharding=batch_sharding, augment=spec.data.augment)
-      chunk_kw['crop_padding'] = spec.data.crop_padding
+      chunk_kw.update(crop_padding=spec.data.crop_padding, remask=remask)
       full = plan.sync_every_steps
 
       def compile_chunk(name, length):

@@ -67,6 +67,7 @@ def test_every_auto_and_derived_number_is_resolved_by_the_parser():
   assert spec.steps_per_epoch == 234 and spec.total_steps == 234 * 30
   assert spec.rewiring.rewire_end_steps == spec.total_steps  # 0: the end of training
   assert parse_config(config, device_count=1, backend='gpu').loop == 'scan'
+  assert spec.connectivity.sparse_kernels == 'head/hidden_*/kernel'  # '': the model's own
   config.rewiring.rewire_end_steps = 5000
   assert parse_config(config, device_count=1).rewiring.rewire_end_steps == 5000
 
@@ -77,8 +78,8 @@ def test_config_keys_are_the_spec_fields():
   spec = parse_config(config, device_count=1)
   for section in ('data', 'connectivity', 'optim', 'rewiring', 'model'):
     for field, value in config[section].items():
-      resolved = section == 'rewiring' and field == 'rewire_end_steps' or section == 'data' and field == 'augment'
-      if not resolved:
+      resolved = {('rewiring', 'rewire_end_steps'), ('data', 'augment'), ('connectivity', 'sparse_kernels')}
+      if (section, field) not in resolved:
         assert getattr(getattr(spec, section), field) == value, (section, field)
 
 

@@ -115,7 +115,7 @@ def test_accounting_counts_active_weights_and_flops():
     'encoder': {'conv': {'kernel': None, 'bias': None}},
     'head': {'hidden_0': {'kernel': mask, 'bias': None}, 'output': {'kernel': None, 'bias': None}},
   }
-  acct = conn.accounting(params, masks, num_patches=5)
+  acct = conn.accounting(params, masks, runs={'encoder/*': 5}, head='head/*')
   assert acct['head_params'] == 4 + 4 + 8 + 2
   assert acct['total_params'] == 18 + 12 + 3
   assert acct['density'] == 0.25 and acct['sparsity'] == 0.75

@@ -55,6 +55,25 @@ def test_smoke_config_end_to_end_with_overrides(tmp_path):
   assert read_metrics(workdir) == rows
 
 
+def test_the_mixer_config_from_the_command_line(tmp_path):
+  r = run_cli(
+    '--config=configs/cifar10_mixer.py',
+    f'--workdir={tmp_path}',
+    '--config.data.source=synthetic',  # random CIFAR-shaped data: CI has no CIFAR
+    '--config.data.synthetic_num_train=128',
+    '--config.data.synthetic_num_test=64',
+    '--config.num_epochs=1',
+    '--config.batch_size=32',
+    '--config.eval_batch_size=32',
+    '--config.model.mixer_channels=16',
+    '--config.connectivity.inter=tiles',
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'mixer of 64 tokens x 16 channels' in r.stderr and 'block_1/token_mlp/Dense_0: density 0.2500' in r.stderr
+  (row,) = read_metrics(tmp_path)
+  assert row['step'] == 4 and 0.7 < row['sparsity'] < 0.8
+
+
 def test_cifar100_config_under_tfds_mock_data(tmp_path):
   r = run_cli(
     '--config=configs/cifar100.py',

@@ -2,8 +2,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
-from g2g_jax import models
+from g2g_jax import connectivity as conn
+from g2g_jax import models, rewiring
 
 
 def test_patch_encoder_orders_features_patch_or_channel_major():
@@ -23,17 +25,37 @@ def test_patch_encoder_orders_features_patch_or_channel_major():
 
 
 @pytest.mark.parametrize('shape', [(28, 28, 1), (32, 32, 3)])
-def test_g2gnet_shapes_and_activations(shape):
+def test_g2gnet_shapes_and_the_activity_the_hebbian_rule_reads(shape):
   model = models.G2GNet(widths=(16, 8), num_classes=5, patch_grid=4, patch_channels=3)
   x = jnp.ones((2, *shape))
   params = model.init(jax.random.PRNGKey(0), x)['params']
   assert params['encoder']['conv']['kernel'].shape == (shape[0] // 4, shape[1] // 4, shape[2], 3)
   assert params['head']['hidden_0']['kernel'].shape == (48, 16)
   assert params['head']['output']['kernel'].shape == (8, 5)
-  logits, acts = model.apply({'params': params}, x)
-  assert logits.shape == (2, 5)
-  assert [a.shape for a in acts] == [(2, 48), (2, 16), (2, 8)]
-  assert all(bool(jnp.all(a >= 0)) for a in acts)  # all post-ReLU
+  assert model.apply({'params': params}, x).shape == (2, 5)
+  paths = [('head', 'hidden_0', 'kernel'), ('head', 'hidden_1', 'kernel')]
+  acts = rewiring.layer_activity(model.apply, {'params': params}, x, paths)
+  assert [(pre.shape, post.shape) for pre, post in acts.values()] == [((2, 48), (2, 16)), ((2, 16), (2, 8))]
+  np.testing.assert_array_equal(acts[paths[0]][1], acts[paths[1]][0])  # one layer's output feeds the next
+  assert all(bool(jnp.all(a >= 0)) for pair in acts.values() for a in pair)  # all post-ReLU
+
+
+def test_mixer_sparse_layers_are_its_mlp_kernels_in_natural_order():
+  spec = models.ModelSpec(kind='mixer', patch_grid=8, mixer_blocks=2, mixer_channels=32)
+  model = models.make_model(spec, conn.ConnectivitySpec(sparse_kernels=models.SPARSE_KERNELS['mixer']))
+  params = model.init(jax.random.PRNGKey(0), jnp.ones((2, 32, 32, 3)))['params']
+  layers = spec.sparse_layers()
+  assert [p for p, _, _ in layers] == [
+    '/'.join(p) for p in conn.sparse_layer_paths(params, 'block_*/*_mlp/Dense_*/kernel')
+  ]
+  assert layers[:2] == [
+    ('block_0/channel_mlp/Dense_0/kernel', 32, 256),
+    ('block_0/channel_mlp/Dense_1/kernel', 256, 32),
+  ]
+  assert layers[2] == ('block_0/token_mlp/Dense_0/kernel', 64, 64)  # 8 x 8 tokens
+  flat = {'/'.join(k): v for k, v in traverse_util.flatten_dict(params).items()}
+  assert all(flat[p].shape == (a, b) for p, a, b in layers)
+  assert model.apply({'params': params}, jnp.ones((2, 32, 32, 3))).shape == (2, 10)
 
 
 def test_torch_init_is_uniform_within_inverse_sqrt_fan_in():

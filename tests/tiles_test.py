@@ -6,13 +6,14 @@ import pytest
 
 from conftest import final_state
 from g2g_jax import connectivity as conn
-from g2g_jax import tiles, train
+from g2g_jax import rewiring, tiles, train
 from g2g_jax.config import ConfigError, parse_config
 from g2g_jax.models import MLPHead
 
 
 def spec(**kw):
   base = {'kind': 'g2g', 'grouping': 'index', 'num_groups': 4, 'p_intra': 1.0, 'p_inter': 0.25}
+  base['sparse_kernels'] = 'hidden_*/kernel'  # an MLPHead on its own
   return conn.ConnectivitySpec(**{**base, 'inter': 'tiles', 'tile_size': 4, **kw})
 
 
@@ -83,8 +84,7 @@ def test_tiled_layer_equals_masked_dense_layer(grouping):
     as_dense[f'hidden_{k}'] = {'kernel': jnp.asarray(kernel), 'bias': params[f'hidden_{k}']['bias']}
 
   def loss(model, variables, x):
-    logits, _ = model.apply(variables, x)
-    return jnp.sum(logits**2)
+    return jnp.sum(model.apply(variables, x) ** 2)
 
   lt, (gt, gx_t) = jax.value_and_grad(lambda p, x: loss(tiled, {'params': p, 'layout': layout}, x), (0, 1))(params, x)
   ld, (gd, gx_d) = jax.value_and_grad(lambda p, x: loss(dense, {'params': p}, x), (0, 1))(as_dense, x)
@@ -97,21 +97,25 @@ def test_tiled_layer_equals_masked_dense_layer(grouping):
     np.testing.assert_allclose(
       g_from_tiles[present], np.asarray(gd[f'hidden_{k}']['kernel'])[present], rtol=1e-4, atol=1e-6
     )
-  # The activations the Hebbian rule reads come back [batch, neurons], in neuron order,
-  # though tiled layers compute feature-major.
-  _, acts_t = tiled.apply({'params': params, 'layout': layout}, x)
-  _, acts_d = dense.apply({'params': as_dense}, x)
-  for a_t, a_d in zip(acts_t, acts_d, strict=True):
-    np.testing.assert_allclose(a_t, a_d, rtol=1e-5, atol=1e-6)
-  # A TiledDense used on its own takes and returns [batch, neurons], like nn.Dense.
+  # The activity the Hebbian rule reads (layer_activity) comes back [batch, neurons], in
+  # neuron order, though tiled layers compute feature-major.
+  paths = [('hidden_0', 'kernel'), ('hidden_1', 'kernel')]
+  acts_t = rewiring.layer_activity(tiled.apply, {'params': params, 'layout': layout}, x, paths)
+  acts_d = rewiring.layer_activity(dense.apply, {'params': as_dense}, x, paths)
+  for p in paths:
+    for a_t, a_d in zip(acts_t[p], acts_d[p], strict=True):
+      np.testing.assert_allclose(a_t, a_d, rtol=1e-5, atol=1e-6)
+  # A TiledDense used on its own takes and returns [..., neurons], like nn.Dense.
   layer = tiles.TiledDense(64, plans[1])
   v1 = {'params': params['hidden_1'], 'layout': layout['hidden_1']}
-  h = acts_t[1]
+  h = acts_t[paths[1]][0]
   np.testing.assert_allclose(
     layer.apply(v1, h), h @ as_dense['hidden_1']['kernel'] + params['hidden_1']['bias'][None], rtol=1e-5, atol=1e-6
   )
   fm = tiles.TiledDense(64, plans[1], feature_major=True)
   np.testing.assert_allclose(fm.apply(v1, h.T), layer.apply(v1, h).T, rtol=1e-6)
+  h3 = h.reshape(5, 1, 64)  # leading axes, as a Mixer's token MLP has
+  np.testing.assert_allclose(layer.apply(v1, h3)[:, 0], layer.apply(v1, h), rtol=1e-6)
   score = jax.random.uniform(jax.random.PRNGKey(2), (32, 64))
   blocks = tiles.to_blocks(score, layout['hidden_0'], 4, 4)
   present0 = tiles.to_dense(np.ones(blocks.shape, bool), layout['hidden_0'], 32, 64)
@@ -129,7 +133,7 @@ def test_moving_tiles_changes_an_index_array_without_retrace():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def apply(params, layout, x):
-    return model.apply({'params': params, 'layout': layout}, x)[0]
+    return model.apply({'params': params, 'layout': layout}, x)
 
   apply(v['params'], layout, x)
   moved, _ = tiles.make_layout(32, 32, 0, s, seed=7)  # another draw of the inter tiles

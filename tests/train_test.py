@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 
 from conftest import final_state, load_config, records, synthetic_batches
 from g2g_jax import checkpoint as ckpt_lib
@@ -33,6 +34,31 @@ def test_pruned_weights_stay_exactly_zero_and_masks_fixed(smoke_config):
     assert np.all(kernel[mask] != params0['head'][f'hidden_{k}']['kernel'][mask])  # active ones trained
     np.testing.assert_array_equal(np.asarray(state.masks['head'][f'hidden_{k}']['kernel']), mask)
   assert state.masks['head']['output']['kernel'] is None
+
+
+def test_masking_the_gradients_alone_keeps_pruned_weights_and_moments_exactly_zero(smoke_config):
+  """remask=False (the loop's choice unless masks change without resetting moments) gives the
+  params of remask=True bit for bit, across steps and mask updates."""
+  smoke_config.rewiring.prune, smoke_config.rewiring.grow = 'magnitude', 'random'
+  spec = parse_config(smoke_config)
+  update = jax.jit(functools.partial(rewiring.update_masks, spec=spec.rewiring))
+  steps = {r: jax.jit(functools.partial(train.train_step, augment='none', crop_padding=0, remask=r)) for r in (0, 1)}
+  states = {r: train.make_train_state(smoke_config) for r in (0, 1)}
+  batches = synthetic_batches(smoke_config, 12)
+  for i, batch in enumerate(batches):
+    for r in (0, 1):
+      states[r], _ = steps[r](states[r], batch)
+      if i % 4 == 3:  # a mask update every 4 steps
+        states[r], _ = update(states[r], {k: v[None] for k, v in batch.items()}, jax.random.PRNGKey(i))
+    chex.assert_trees_all_equal(states[0].params, states[1].params)
+    chex.assert_trees_all_equal(states[0].opt_state, states[1].opt_state)
+  adam = states[0].opt_state[1]
+  for k in range(3):
+    pruned = ~np.asarray(states[0].masks['head'][f'hidden_{k}']['kernel'])
+    for tree in (states[0].params, adam.mu, adam.nu):
+      assert np.all(np.asarray(tree['head'][f'hidden_{k}']['kernel'])[pruned] == 0)
+  masks0 = train.make_train_state(smoke_config).masks
+  assert not np.array_equal(masks0['head']['hidden_0']['kernel'], states[0].masks['head']['hidden_0']['kernel'])
 
 
 def test_golden_first_step_loss(smoke_config):
@@ -302,3 +328,47 @@ def test_scanned_run_compiles_one_chunk_program_when_chunks_tile_the_run(smoke_c
     train.train_and_evaluate(smoke_config, str(tmp_path))
   compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith('compiled in')]
   assert len(compiled) == 1 and 'train_chunk ' in compiled[0] and 'train_chunk_1' not in compiled[0], compiled
+
+
+def mixer_smoke():
+  """configs/cifar10_mixer.py cut down: synthetic data, one small block, rewiring every 4 steps."""
+  config = load_config('cifar10_mixer')
+  config.progress = 'none'
+  config.num_epochs, config.batch_size, config.eval_batch_size, config.log_every_steps = 2, 32, 64, 4
+  config.data.source = 'synthetic'
+  config.data.synthetic_num_train, config.data.synthetic_num_test = 256, 96
+  config.model.mixer_blocks, config.model.mixer_channels = 1, 16
+  config.model.mixer_tokens_mlp, config.model.mixer_channels_mlp = 16, 32
+  config.connectivity.num_groups = 4
+  config.rewiring.prune, config.rewiring.grow, config.rewiring.rewire_every_steps = 'magnitude', 'hebbian', 4
+  return config
+
+
+def test_the_mixer_trains_rewires_and_resumes_exactly(tmp_path):
+  config = mixer_smoke()
+  train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  straight = final_state(config, str(tmp_path / 'straight'))
+  config.halt_after_steps = 6
+  train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  config.halt_after_steps = 0
+  train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  chex.assert_trees_all_equal(final_state(config, str(tmp_path / 'resumed')).params, straight.params)
+  chex.assert_trees_all_equal(final_state(config, str(tmp_path / 'resumed')).masks, straight.masks)
+  drop = ('examples_per_sec', 'epoch_seconds', 'compile_seconds', 'seconds', 'rewire_seconds', 'rewire_time_share')
+  rows = {
+    k: [{f: v for f, v in r.items() if f not in drop} for r in records(str(tmp_path / k))]
+    for k in ('straight', 'resumed')
+  }
+  assert rows['straight'] == rows['resumed']
+  rewires = [r for r in rows['straight'] if r['kind'] == 'rewire']
+  assert [r['step'] for r in rewires] == [4, 8, 12, 16]
+  assert (
+    'token_mlp/Dense_0/pruned' in rewires[0] and rewires[0]['channel_mlp/Dense_1/pruned'] > 0
+  )  # one block: no prefix
+  initial = train.make_train_state(config)
+  for path, m0 in traverse_util.flatten_dict(initial.masks).items():
+    if m0 is not None:
+      m1 = traverse_util.flatten_dict(straight.masks)[path]
+      assert int(m1.sum()) == int(m0.sum()) and bool(jnp.any(m1 != m0))
+  evals = [r for r in rows['straight'] if r['kind'] == 'eval']
+  assert 0.6 < evals[-1]['sparsity'] < 0.7 and evals[-1]['head_params'] < evals[-1]['total_params']

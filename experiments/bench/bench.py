@@ -57,13 +57,13 @@ def make_config(width: int, variant: str):
 def setup(width: int, variant: str):
   config = make_config(width, variant)
   state = train.make_train_state(config)
-  acct = conn.accounting(state.params, state.masks, num_patches=16, layout=state.layout)
+  acct = conn.accounting(state.params, state.masks, {'encoder/*': 16}, 'head/*', state.layout)
   rng = np.random.default_rng(0)
   batch = {
     'image': rng.integers(0, 256, (_BATCH.value, 28, 28, 1), dtype=np.uint8),
     'label': rng.integers(0, 10, _BATCH.value).astype(np.int32),
   }
-  step = jax.jit(functools.partial(train.train_step, augment='none', crop_padding=0), donate_argnums=0)
+  step = jax.jit(functools.partial(train.train_step, augment='none', crop_padding=0, remask=False), donate_argnums=0)
   state, m = step(state, batch)  # compile
   jax.block_until_ready(m)
   return {'step': step, 'state': state, 'batch': jax.device_put(batch), 'acct': acct}

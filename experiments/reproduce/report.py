@@ -23,6 +23,7 @@ DATASET_TITLES = {
   'fashion_mnist': 'Fashion-MNIST (exact Debian IDX files)',
   'cifar10': 'CIFAR-10 (the JPEG copy in ../shared/data, not the official pixels)',
   'cifar100': 'CIFAR-100',
+  'cifar10_mixer': 'CIFAR-10 with an MLP-Mixer (the JPEG copy)',
   'smoke': 'smoke (synthetic data, for tests)',
 }
 STUDY_TITLES = {
@@ -32,6 +33,7 @@ STUDY_TITLES = {
   'tiles': 'Tiled inter-group edges against scattered ones, 30 epochs',
   'init': "Kernel initialisation: table 1's rows under each init, 30 epochs",
   'budget': 'Matched budgets: accuracy against active head parameters, 30 epochs',
+  'mixer': f'G2G layers in an MLP-Mixer, {studies.MIXER_EPOCHS} epochs',
 }
 STUDY_NOTES = {
   'table1': 'FC v1 is dense with as many head params as G2GNet; FC v2 is dense at width 1024; ER has '
@@ -47,6 +49,10 @@ STUDY_NOTES = {
   '`lecun_normal` of variance 1 / fan_in. Kernels of every layer (patch conv, hidden, output) use it, biases '
   "start at 0, and each sparse layer's kernel is then rescaled to its active fan-in. The `torch` rows are "
   "table 1's runs.",
+  'mixer': 'configs/cifar10_mixer.py: 64 tokens of 4 x 4 pixels, 128 channels, 2 blocks, token MLP 64 and '
+  "channel MLP 256 wide, GELU. The sparse layers are the MLPs' Dense kernels; head params count those MLPs. "
+  "G2G: mixer grouping, G = 8, p' = 0.15 (25.6% dense scattered, 25.0% with tiles); dense: the same Mixer with "
+  'dense MLPs. Everything else (optimizer, augmentation, init) as the G2GNet runs.',
   'budget': 'Three families at about the same active head parameters (0.35M, 0.69M = FC v1, 1.3M, 2.6M = FC v2), '
   'all with he_normal (the better init of every row in the init study): dense MLPs of several widths (and one '
   'wider), ER masks, and G2G mixer with scattered or tiled inter-group edges. A sparse point reaches its budget '
@@ -85,6 +91,7 @@ COMPARISONS = {
   + [('G2G w=1024 0.69M', 'dense w=469 (FC v1)'), ('G2G w=1024 1.3M', 'dense w=686')]
   + [(f'G2G tiles w={w} 1.3M', 'dense w=686') for w in (1024, 2048)]
   + [(f'G2G tiles w={w} 0.69M', 'dense w=1024 (FC v2)') for w in (2048, 4096)],
+  'mixer': [('G2G MLPs (scattered)', 'dense MLPs'), ('G2G MLPs (tiles)', 'dense MLPs')],
 }
 PNG_META = {'Software': None}  # no library version in the files: the same results give the same bytes
 
@@ -108,15 +115,16 @@ def collect(results_dir: str) -> dict:
   out = {}
   for dataset in studies.DATASETS:
     records = run.read_results(run.results_path(results_dir, dataset))
-    if not records and dataset not in ('fashion_mnist', 'cifar10'):
+    if not records and dataset not in ('fashion_mnist', 'cifar10', 'cifar10_mixer'):
       continue
     by_key = {}
     for r in records:
       by_key.setdefault(r['key'], {})[r['seed']] = r
-    keys = {e: studies.run_key(dataset, e)[0] for entries in studies.STUDIES.values() for e in entries}
+    mine = {study: studies.STUDIES[study] for study in studies.STUDIES_OF[dataset]}
+    keys = {e: studies.run_key(dataset, e)[0] for entries in mine.values() for e in entries}
     out[dataset] = {
       study: [(e, [by_key.get(keys[e], {})[s] for s in sorted(by_key.get(keys[e], {}))]) for e in entries]
-      for study, entries in studies.STUDIES.items()
+      for study, entries in mine.items()
     }
   return out
 
@@ -446,7 +454,11 @@ def build(results_dir: str, out_dir: str, figures: bool = True) -> str:
   ]
   for dataset, by_study in data.items():
     cells = []
-    for rows in by_study.values():
+    for study in studies.STUDIES:
+      if study not in by_study:
+        cells.append('–')
+        continue
+      rows = by_study[study]
       seeds = [len(recs) for _, recs in rows if recs]
       cells.append(f'{len(seeds)}/{len(rows)}, seeds {min(seeds)}–{max(seeds)}' if seeds else f'0/{len(rows)}')
     lines.append(f'| {dataset} | ' + ' | '.join(cells) + ' |')

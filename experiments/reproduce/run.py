@@ -274,6 +274,11 @@ def main(argv=None):
   bad = [s for s in args.study if s not in studies.STUDIES]
   if bad:
     parser.error(f'study {bad}: expected one or more of {", ".join(studies.STUDIES)}')
+  elsewhere = [s for s in args.study if s not in studies.STUDIES_OF[args.dataset]]
+  if elsewhere:
+    parser.error(
+      f'study {elsewhere} does not run on {args.dataset}: its studies are {studies.STUDIES_OF[args.dataset]}'
+    )
   if args.seeds < 1:
     parser.error(f'--seeds={args.seeds}: must be at least 1')
   if not 0 <= args.first_seed < args.seeds:

@@ -17,7 +17,9 @@ import os
 from g2g_jax.config import changed_fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DATASETS = ('fashion_mnist', 'cifar10', 'cifar100', 'smoke')
+# The config files studies run on: a dataset's (configs/<name>.py), or a model's on one.
+DATASETS = ('fashion_mnist', 'cifar10', 'cifar100', 'cifar10_mixer', 'smoke')
+MIXER_EPOCHS = 10  # the Mixer study's runs (configs/cifar10_mixer.py): minutes an epoch on a 2-core CPU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +137,17 @@ STUDIES = {
     Entry('tiles', 'g2g_mixer', (('connectivity.inter', 'tiles'),)),
   ],
   'budget': _budget_entries(),
+  # G2G layers in a model that is not an MLP: the Mixer's token- and channel-mixing MLPs.
+  'mixer': [
+    Entry('dense MLPs', 'fc_v2', epochs=MIXER_EPOCHS),
+    Entry('G2G MLPs (scattered)', 'g2g_mixer', epochs=MIXER_EPOCHS),
+    Entry('G2G MLPs (tiles)', 'g2g_mixer', (('connectivity.inter', 'tiles'),), epochs=MIXER_EPOCHS),
+  ],
 }
+# The studies that run on each config file (every study but the Mixer's runs on the datasets).
+STUDIES_OF = {name: [s for s in STUDIES if s != 'mixer'] for name in DATASETS}
+STUDIES_OF['cifar10_mixer'] = ['mixer']
+STUDIES_OF['smoke'] = list(STUDIES)
 
 
 @functools.cache
