@@ -86,6 +86,19 @@ def budget_connectivity(width: int, target_params: float, num_features: int = 51
   return groups, p_inter
 
 
+CHALLENGE = (('connectivity.p_inter', 0.19), *BUDGET_INIT)
+# Dynamic sparse training as RigL and SET run it: 30% of the edges at first, decaying (cosine)
+# to none at 75% of the 5,850 steps, an update every 200 steps; growth by gradient or at random.
+_DST = (
+  ('rewiring.fraction', 0.3),
+  ('rewiring.fraction_schedule', 'cosine'),
+  ('rewiring.rewire_every_steps', 200),
+  ('rewiring.rewire_end_steps', 4400),
+)
+RIGL = (('rewiring.prune', 'magnitude'), ('rewiring.grow', 'gradient'), *_DST)
+SET = (('rewiring.prune', 'magnitude'), ('rewiring.grow', 'random'), *_DST)
+
+
 def _budget_entries() -> list:
   entries = [
     Entry(f'dense w={w}', 'fc_v2', (('model.hidden_width', w), *BUDGET_INIT), family='dense') for w in DENSE_WIDTHS
@@ -137,6 +150,13 @@ STUDIES = {
     Entry('tiles', 'g2g_mixer', (('connectivity.inter', 'tiles'),)),
   ],
   'budget': _budget_entries(),
+  # At most 30% of FC v2's head params (p' = 0.19 at G = 8: 29.5%), against FC v2 (he_normal).
+  'challenge': [
+    Entry('FC v2', 'fc_v2', BUDGET_INIT),
+    Entry("G2G index p'=0.19", 'g2g_index', CHALLENGE),
+    Entry("G2G index p'=0.19 + RigL", 'g2g_index', CHALLENGE + RIGL),
+    Entry("G2G index p'=0.19 + SET", 'g2g_index', CHALLENGE + SET),
+  ],
   # G2G layers in a model that is not an MLP: the Mixer's token- and channel-mixing MLPs.
   'mixer': [
     Entry('dense MLPs', 'fc_v2', epochs=MIXER_EPOCHS),
