@@ -9,6 +9,17 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # XLA compiles faster with most optimizations off, and the golden values hold under it; set
 # in the environment, so CLI subprocesses get it too.
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+# One persistent compilation cache for the whole session, CLI subprocesses included: most
+# tests compile the same smoke programs again (it halves tests/faults_test.py).
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='g2g_jax_tests_cache_')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], True)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
