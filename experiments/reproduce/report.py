@@ -60,7 +60,7 @@ STUDY_NOTES = {
   "G2G: mixer grouping, G = 8, p' = 0.15 (25.6% dense scattered, 25.0% with tiles); dense: the same Mixer with "
   'dense MLPs. Everything else (optimizer, augmentation, init) as the G2GNet runs.',
   'budget': 'Three families at about the same active head parameters (0.35M, 0.69M = FC v1, 1.3M, 2.6M = FC v2), '
-  'all with he_normal (the better init of every row in the init study): dense MLPs of several widths (and one '
+  'all with he_normal (the better init of every row in the CIFAR-10 init study): dense MLPs of several widths (and one '
   'wider), ER masks, and G2G mixer with scattered or tiled inter-group edges. A sparse point reaches its budget '
   "through G and p' (`studies.budget_connectivity`: G the power of two nearest 2 / density, so intra-group edges "
   "are about half of a layer's). Tiles take one whole-group tile per other group read, so they land a little "
