@@ -82,13 +82,10 @@ def loss_and_logits(params, state, images, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
 
-def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: int, remask: bool = True):
+def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: int):
   """One optimizer step on a batch of uint8 images. Pure; jitted once by the loop.
 
-  Gradients are masked, so a pruned weight whose optimizer moments are zero gets an update
-  of exactly 0 and stays 0. remask=False skips masking the params after the update: exact
-  whenever pruned entries' moments are zero (from the start, and after every mask update
-  with rewiring.reset_optimizer_state).
+  Gradients and the updated params are masked, so pruned weights stay exactly 0.
   """
   key = jax.random.fold_in(state.key, state.step)
   images = input_pipeline.preprocess(key, batch['image'], augment, crop_padding)
@@ -97,8 +94,7 @@ def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: in
   grads = apply_masks(grads, state.masks)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  if remask:  # pruned entries may carry moments (rewiring without resetting them)
-    params = apply_masks(params, state.masks)
+  params = apply_masks(params, state.masks)  # pruned entries may carry moments after rewiring
   state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
   return state, {'loss': loss, 'accuracy': accuracy}
@@ -114,7 +110,7 @@ def eval_step(state: TrainState, batch: dict):
   return {'loss': jnp.sum(losses * w), 'correct': jnp.sum(correct * w), 'count': jnp.sum(w)}
 
 
-def train_chunk(state, data, order, first, *, length, batch_size, batch_sharding, augment, crop_padding, remask):
+def train_chunk(state, data, order, first, *, length, batch_size, batch_sharding, augment, crop_padding):
   """`length` train steps in one call, on the device-resident `data`: step j trains on the
   examples order[(first + j) * batch_size :][:batch_size]. Returns the state and per-step
   metrics [length]."""
@@ -123,7 +119,7 @@ def train_chunk(state, data, order, first, *, length, batch_size, batch_sharding
     idx = jax.lax.dynamic_slice(order, ((first + j) * batch_size,), (batch_size,))
     batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return train_step(state, batch, augment=augment, crop_padding=crop_padding, remask=remask)
+    return train_step(state, batch, augment=augment, crop_padding=crop_padding)
 
   return jax.lax.scan(body, state, jnp.arange(length))
 
@@ -266,11 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       compile_seconds[name] = time.perf_counter() - t0
       return compiled
 
-    # Pruned entries keep zero moments unless masks change without resetting them.
-    remask = spec.rewiring.enabled and not spec.rewiring.reset_optimizer_state
-    step_fn = functools.partial(
-      train_step, augment=spec.data.augment, crop_padding=spec.data.crop_padding, remask=remask
-    )
+    step_fn = functools.partial(train_step, augment=spec.data.augment, crop_padding=spec.data.crop_padding)
     if not scanned:
       train_fn = compile_ahead('train_step', step_fn, state, batches.device_batch(0, train_sharding), donate=True)
 
@@ -287,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       data = jax.device_put({'image': dataset.train_images, 'label': dataset.train_labels}, replicated)
       example = (state, data, jax.device_put(np.zeros_like(batches.orders(0), np.int32), replicated), 0)
       chunk_kw = dict(batch_size=batch_size, batch_sharding=batch_sharding, augment=spec.data.augment)
-      chunk_kw.update(crop_padding=spec.data.crop_padding, remask=remask)
+      chunk_kw.update(crop_padding=spec.data.crop_padding)
       full = plan.sync_every_steps
 
       def compile_chunk(name, length):

@@ -36,29 +36,24 @@ def test_pruned_weights_stay_exactly_zero_and_masks_fixed(smoke_config):
   assert state.masks['head']['output']['kernel'] is None
 
 
-def test_masking_the_gradients_alone_keeps_pruned_weights_and_moments_exactly_zero(smoke_config):
-  """remask=False (the loop's choice unless masks change without resetting moments) gives the
-  params of remask=True bit for bit, across steps and mask updates."""
+def test_pruned_weights_and_their_moments_stay_exactly_zero_across_mask_updates(smoke_config):
   smoke_config.rewiring.prune, smoke_config.rewiring.grow = 'magnitude', 'random'
   spec = parse_config(smoke_config)
   update = jax.jit(functools.partial(rewiring.update_masks, spec=spec.rewiring))
-  steps = {r: jax.jit(functools.partial(train.train_step, augment='none', crop_padding=0, remask=r)) for r in (0, 1)}
-  states = {r: train.make_train_state(smoke_config) for r in (0, 1)}
-  batches = synthetic_batches(smoke_config, 12)
-  for i, batch in enumerate(batches):
-    for r in (0, 1):
-      states[r], _ = steps[r](states[r], batch)
-      if i % 4 == 3:  # a mask update every 4 steps
-        states[r], _ = update(states[r], {k: v[None] for k, v in batch.items()}, jax.random.PRNGKey(i))
-    chex.assert_trees_all_equal(states[0].params, states[1].params)
-    chex.assert_trees_all_equal(states[0].opt_state, states[1].opt_state)
-  adam = states[0].opt_state[1]
-  for k in range(3):
-    pruned = ~np.asarray(states[0].masks['head'][f'hidden_{k}']['kernel'])
-    for tree in (states[0].params, adam.mu, adam.nu):
-      assert np.all(np.asarray(tree['head'][f'hidden_{k}']['kernel'])[pruned] == 0)
+  step = jax.jit(functools.partial(train.train_step, augment='none', crop_padding=0))
+  state = train.make_train_state(smoke_config)
+  for i, batch in enumerate(synthetic_batches(smoke_config, 12)):
+    state, _ = step(state, batch)
+    if i % 4 == 3:  # a mask update every 4 steps
+      state, _ = update(state, {k: v[None] for k, v in batch.items()}, jax.random.PRNGKey(i))
+    adam = state.opt_state[1]
+    for k in range(3):
+      pruned = ~np.asarray(state.masks['head'][f'hidden_{k}']['kernel'])
+      assert pruned.any()
+      for tree in (state.params, adam.mu, adam.nu):
+        assert np.all(np.asarray(tree['head'][f'hidden_{k}']['kernel'])[pruned] == 0), (i, k)
   masks0 = train.make_train_state(smoke_config).masks
-  assert not np.array_equal(masks0['head']['hidden_0']['kernel'], states[0].masks['head']['hidden_0']['kernel'])
+  assert not np.array_equal(masks0['head']['hidden_0']['kernel'], state.masks['head']['hidden_0']['kernel'])
 
 
 def test_golden_first_step_loss(smoke_config):

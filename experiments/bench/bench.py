@@ -3,13 +3,12 @@
   python experiments/bench/bench.py                       # widths 1024 and 4096, density 25%
   python experiments/bench/bench.py --widths=256 --steps=3 --repeats=1   # a quick check
 
-For each width, four G2GNet models that differ only in their hidden layers (or step): `dense`
+For each width, three G2GNet models that differ only in their hidden layers: `dense`
 (FC, connectivity.kind='dense'), `masked` (G2G, p = 1, p' = 0.15, scattered inter edges,
 a dense kernel whose pruned weights are 0) and `tiles` (the same G2G density as tiles,
-connectivity.inter='tiles'), and `remasked` (masked, with the params masked again after
-the update). Each runs the real jitted train_step (forward, backward,
+connectivity.inter='tiles'). Each runs the real jitted train_step (forward, backward,
 masking, Adam) on one fixed batch. Variants are timed in turns (dense, masked, tiles,
-remasked, dense, ...), `repeats` rounds of `steps` steps each, and the median round is reported.
+dense, ...), `repeats` rounds of `steps` steps each, and the median round is reported.
 Prints a table, then one JSON line with every figure.
 """
 
@@ -38,11 +37,7 @@ VARIANTS = {
   'dense': {'connectivity.kind': 'dense'},
   'masked': {'connectivity.kind': 'g2g', 'connectivity.inter': 'bernoulli'},
   'tiles': {'connectivity.kind': 'g2g', 'connectivity.inter': 'tiles'},
-  'remasked': {'connectivity.kind': 'g2g', 'connectivity.inter': 'bernoulli'},
 }
-# Also masks the params after the update, as a step does when rewiring keeps the moments:
-# prices masking once (the gradients) against twice.
-REMASK = {'remasked'}
 
 
 def make_config(width: int, variant: str):
@@ -68,7 +63,7 @@ def setup(width: int, variant: str):
     'image': rng.integers(0, 256, (_BATCH.value, 28, 28, 1), dtype=np.uint8),
     'label': rng.integers(0, 10, _BATCH.value).astype(np.int32),
   }
-  step = functools.partial(train.train_step, augment='none', crop_padding=0, remask=variant in REMASK)
+  step = functools.partial(train.train_step, augment='none', crop_padding=0)
   step = jax.jit(step, donate_argnums=0)
   state, m = step(state, batch)  # compile
   jax.block_until_ready(m)

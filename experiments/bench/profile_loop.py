@@ -64,9 +64,7 @@ def main(argv):
   labels = rng.integers(0, 10, 60000).astype(np.int32)
   batches = input_pipeline.TrainBatches(images, labels, spec.batch_size, [spec.seed])
   state = jax.device_put(train.make_train_state(config), NamedSharding(mesh, P()))
-  step_fn = functools.partial(
-    train.train_step, augment=spec.data.augment, crop_padding=spec.data.crop_padding, remask=False
-  )
+  step_fn = functools.partial(train.train_step, augment=spec.data.augment, crop_padding=spec.data.crop_padding)
   fn = jax.jit(step_fn, donate_argnums=0).lower(state, batches.device_batch(0, sharding)).compile()
   n, chunk = _STEPS.value, spec.log_every_steps
   box = {'state': state}

@@ -58,9 +58,7 @@ def _runner(loop: str, config):
   images = rng.integers(0, 256, (n, *spec.data.info.image_shape), dtype=np.uint8)
   labels = rng.integers(0, spec.model.num_classes, n).astype(np.int32)
   state = jax.device_put(train.make_train_state(config), replicated)
-  step_fn = functools.partial(
-    train.train_step, augment=spec.data.augment, crop_padding=spec.data.crop_padding, remask=False
-  )
+  step_fn = functools.partial(train.train_step, augment=spec.data.augment, crop_padding=spec.data.crop_padding)
   if loop == 'scan':
     data = jax.device_put({'image': images, 'label': labels}, replicated)
     perm = jax.device_put(rng.permutation(n).astype(np.int32), replicated)
@@ -71,7 +69,6 @@ def _runner(loop: str, config):
       batch_sharding=batch_sharding,
       augment=spec.data.augment,
       crop_padding=spec.data.crop_padding,
-      remask=False,
     )
     fn = jax.jit(chunk, donate_argnums=0)
     return state, lambda st: fn(st, data, perm, 0)
