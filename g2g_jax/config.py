@@ -320,7 +320,7 @@ def _parse_model(fields: dict, info: data_lib.DatasetInfo, spec: conn.Connectivi
   else:
     widths = (hidden_width,) * num_hidden
   model = models.ModelSpec(**fields, widths=widths, num_classes=info.num_classes)
-  layers = [layer for layer in model.sparse_layers() if conn.fnmatch.fnmatchcase(layer[0], spec.sparse_kernels)]
+  layers = model.sparse_layers(spec.sparse_kernels)
   if spec.kind != 'dense' and not layers:
     _fail('connectivity.sparse_kernels', spec.sparse_kernels, f'matches no kernel of the {model.kind} model')
   for path, n_in, n_out in layers if spec.kind == 'g2g' else ():

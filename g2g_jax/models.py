@@ -7,6 +7,7 @@ logits; the Hebbian rule reads layer activity by interception (rewiring.layer_ac
 """
 
 import dataclasses
+import fnmatch
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -71,26 +72,27 @@ class ModelSpec:
       return {'stem': t, 'block_*/token_mlp/*': c, 'block_*/channel_mlp/*': t}
     return {'encoder/*': self.num_patches}
 
-  def sparse_layers(self) -> list[tuple[str, int, int]]:
-    """(kernel path, n_in, n_out) of each layer the connectivity may make sparse, in natural order."""
+  def sparse_layers(self, pattern: str = '*') -> list[tuple[str, int, int]]:
+    """(kernel path, n_in, n_out) of each layer the connectivity may make sparse whose path
+    matches the fnmatch pattern (connectivity.sparse_kernels), in natural order."""
     if self.kind == 'mixer':
       t, c = self.num_patches, self.mixer_channels
       layers = []
       for b in range(self.mixer_blocks):
         for mlp, n, hidden in (('token_mlp', t, self.mixer_tokens_mlp), ('channel_mlp', c, self.mixer_channels_mlp)):
           layers += [(f'block_{b}/{mlp}/Dense_0/kernel', n, hidden), (f'block_{b}/{mlp}/Dense_1/kernel', hidden, n)]
-      return sorted(layers, key=lambda layer: conn.natural_key(tuple(layer[0].split('/'))))
-    sizes = [self.num_features, *self.widths]
-    return [(f'head/hidden_{k}/kernel', a, b) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))]
+      layers = sorted(layers, key=lambda layer: conn.natural_key(tuple(layer[0].split('/'))))
+    else:
+      sizes = [self.num_features, *self.widths]
+      layers = [(f'head/hidden_{k}/kernel', a, b) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))]
+    return [layer for layer in layers if fnmatch.fnmatchcase(layer[0], pattern)]
 
 
 def make_model(spec: ModelSpec, connectivity: conn.ConnectivitySpec) -> nn.Module:
   """The spec's model; its sparse layers are TiledDense when connectivity.inter is 'tiles'."""
   plans = {}
   if connectivity.inter == 'tiles':
-    chosen = [
-      layer for layer in spec.sparse_layers() if conn.fnmatch.fnmatchcase(layer[0], connectivity.sparse_kernels)
-    ]
+    chosen = spec.sparse_layers(connectivity.sparse_kernels)
     plans = {path: tiles.plan_layer(a, b, k, connectivity) for k, (path, a, b) in enumerate(chosen)}
   if spec.kind == 'mixer':
     return Mixer(
