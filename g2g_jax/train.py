@@ -82,15 +82,6 @@ def loss_and_logits(params, state, images, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
 
-def after_gradients(opt_state, grads):
-  """`opt_state` unchanged, its step counts made to depend on every gradient."""
-  # The update then comes after the backward pass's reads of each kernel, so XLA updates the
-  # donated kernels in place instead of copying every one each step.
-  probe = sum(jnp.ravel(g)[0] for g in jax.tree.leaves(grads))
-  zero = (jnp.isnan(probe) & jnp.isfinite(probe)).astype(jnp.int32)  # always 0, not known to XLA
-  return jax.tree.map(lambda x: x + zero if x.dtype == jnp.int32 and x.ndim == 0 else x, opt_state)
-
-
 def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: int):
   """One optimizer step on a batch of uint8 images. Pure; jitted once by the loop.
 
@@ -101,7 +92,7 @@ def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: in
   grad_fn = jax.value_and_grad(loss_and_logits, has_aux=True)
   (loss, logits), grads = grad_fn(state.params, state, images, batch['label'])
   grads = apply_masks(grads, state.masks)
-  updates, opt_state = state.tx.update(grads, after_gradients(state.opt_state, grads), state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   params = apply_masks(params, state.masks)  # pruned entries may carry moments after rewiring
   state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
