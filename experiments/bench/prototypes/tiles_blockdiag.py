@@ -1,15 +1,15 @@
-"""A lead for small tiles, measured and not built: intra-group tiles as one block-diagonal matmul.
+"""A lead for tiles, measured and not built: intra-group tiles as one block-diagonal matmul.
 
-python experiments/bench/prototypes/tiles_blockdiag.py [WIDTH]   (default 1024)
+python experiments/bench/prototypes/tiles_blockdiag.py [WIDTH [TILE]]   (default 1024 32; TILE 0 = a group)
 
-One tiled layer with 32-wide tiles (index grouping, G = 8, p = 1, p' = 0.15), forward
+One tiled layer with TILE-wide tiles (index grouping, G = 8, p = 1, p' = 0.15), forward
 and backward (gradients of kernel and input), three ways, timed in turns:
   dense     the dense layer of the same width;
   current   what TiledDense does: every output tile gathers its K input tiles (its own
             group's and the inter tiles), then one batched matmul;
   proposed  the own group's tiles as one block-diagonal matmul on the ungathered input
             (a [G, group, group] kernel), and only the inter tiles gathered.
-With group-sized tiles (tile_size = 0) K is 2 and the gather costs little; with 32-wide
+With group-sized tiles (TILE 0, the default tile_size) K is 2; with 32-wide
 tiles each input tile is gathered for 8 output tiles (width 1024), which is why they
 run slower than dense. Building `proposed` into TiledDense needs the kernel stored as
 two params (intra, inter), a new checkpoint layout and DST's edits on both.
@@ -25,7 +25,8 @@ import numpy as np
 from g2g_jax import connectivity as conn
 from g2g_jax import tiles
 
-N, B, G, T = int(sys.argv[1]) if len(sys.argv) > 1 else 1024, 256, 8, 32
+N, B, G = int(sys.argv[1]) if len(sys.argv) > 1 else 1024, 256, 8
+T = (int(sys.argv[2]) if len(sys.argv) > 2 else 32) or N // G
 spec = conn.ConnectivitySpec(
   kind='g2g', grouping='index', num_groups=G, p_intra=1.0, p_inter=0.15, inter='tiles', tile_size=T, tile_density=1.0
 )
