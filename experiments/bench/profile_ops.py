@@ -21,8 +21,6 @@ forward dot and the backward's two), over their summed time. Last line: JSON.
 """
 
 import collections
-import glob
-import gzip
 import json
 import os
 import re
@@ -34,6 +32,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (its flags: --widths, --batch_size, --steps, --tile_size)
+import traces  # noqa: E402
 
 _VARIANTS = flags.DEFINE_list('variants', ['dense', 'tiles'], 'bench.py variants to trace.')
 _SHOW = flags.DEFINE_string('show', '', 'Also list the ops of this kind, slowest first.')
@@ -98,14 +97,9 @@ def kind_of(line: str, instructions: dict, bodies: dict) -> str:
 
 def op_durations(trace_dir: str) -> collections.Counter:
   """Microseconds per event name over a jax.profiler trace's complete events."""
-  path = glob.glob(f'{trace_dir}/**/perfetto_trace.json.gz', recursive=True)[0]
-  with gzip.open(path) as f:
-    trace = json.load(f)
-  events = trace['traceEvents'] if isinstance(trace, dict) else trace
   total = collections.Counter()
-  for e in events:
-    if e.get('ph') == 'X':
-      total[e['name']] += e.get('dur', 0)
+  for e in traces.complete_events(trace_dir)[0]:
+    total[e['name']] += e['dur']
   return total
 
 
@@ -114,7 +108,7 @@ def profile(width: int, variant: str) -> dict:
   for _ in range(2):
     bench.time_round(v)
   with tempfile.TemporaryDirectory() as tmp:
-    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+    with jax.profiler.trace(tmp):
       wall = bench.time_round(v)
     durations = op_durations(tmp)
   instructions, bodies = parse_hlo(v['step'].lower(v['state'], v['batch']).compile().as_text())

@@ -20,9 +20,6 @@ one to compare. The trace folders are kept (--trace_dir) for TensorBoard or Perf
 
 import collections
 import functools
-import glob
-import gzip
-import json
 import os
 import sys
 import tempfile
@@ -36,6 +33,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import traces  # noqa: E402
+
 from configs import fashion_mnist  # noqa: E402
 from g2g_jax import train  # noqa: E402
 from g2g_jax.config import parse_config  # noqa: E402
@@ -105,13 +105,11 @@ def _runner(loop: str, config):
   return state, call
 
 
-def _summarize(trace_file: str, steps: int, top: int):
-  events = json.load(gzip.open(trace_file))['traceEvents']
-  names = {e['pid']: e['args']['name'] for e in events if e.get('ph') == 'M' and e.get('name') == 'process_name'}
+def _summarize(trace_dir: str, steps: int, top: int):
+  events, names = traces.complete_events(trace_dir)
   by_pid = collections.defaultdict(list)
   for e in events:
-    if e.get('ph') == 'X' and 'dur' in e:
-      by_pid[e['pid']].append(e)
+    by_pid[e['pid']].append(e)
   for pid, evs in sorted(by_pid.items(), key=lambda kv: names.get(kv[0], '')):
     total = collections.Counter()
     count = collections.Counter()
@@ -158,7 +156,7 @@ def main(argv):
       f'\nloop={loop}: {untraced * 1e3:.3f} ms per step untraced '
       f'(first call, compiling included: {compile_s:.2f} s); trace of {steps} steps:'
     )
-    _summarize(sorted(glob.glob(f'{out}/**/*.trace.json.gz', recursive=True))[-1], steps, _TOP.value)
+    _summarize(out, steps, _TOP.value)
   print(f'\ntraces: {root}')
 
 
