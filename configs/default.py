@@ -30,6 +30,9 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   c.num_seeds = 1
   c.num_epochs = 30  # epochs: passes over the training set
   c.batch_size = 256  # examples per optimizer step, over all devices
+  # Slices of a batch whose gradients are summed one at a time: the same step up to rounding,
+  # faster on a CPU for models with large activations (the Mixer: experiments/bench/README.md).
+  c.num_microbatches = 1
   c.eval_batch_size = 1000  # examples per evaluation step, over all devices
   c.eval_every_epochs = 1  # epochs between test-set evaluations (the last epoch always)
   c.checkpoint_every_epochs = 1  # epochs between checkpoints (the end always saves)
@@ -66,7 +69,9 @@ def get_config(row: str = 'g2g') -> ml_collections.ConfigDict:
   c.model.feature_order = 'patch_major'  # 'patch_major' (index = patch*C + c) | 'channel_major'
   c.model.hidden_width = 1024  # neurons per hidden layer
   c.model.num_hidden = 3  # hidden (sparse) layers; the output layer is always dense
-  c.model.width_rule = 'fixed'  # 'fixed' (hidden_width) | 'match_g2g_params' (FC v1: dense, as many params as G2G)
+  # 'fixed' | 'match_g2g_params' (FC v1: dense, as many head params as G2G's expected count;
+  # G2GNet: hidden_width; the Mixer: the MLPs that connectivity.sparse_kernels names, narrowed alike)
+  c.model.width_rule = 'fixed'
   c.model.kernel_init = 'torch'  # 'torch' (U(+-1/sqrt(fan_in)), the lab's) | 'lecun_normal' | 'he_normal'
   c.model.mixer_blocks = 2  # mixer only: blocks of token mixing then channel mixing
   c.model.mixer_channels = 128  # mixer only: channels per token (patch_grid**2 tokens)

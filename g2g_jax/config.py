@@ -37,6 +37,7 @@ RUNTIME_FIELDS = (
 RETIRED_FIELDS = ('seed_layout', 'cpu_dots')
 # Fields added since runs were first written, with the value a config without them meant.
 ADDED_FIELDS = {
+  'num_microbatches': 1,
   'connectivity.sparse_kernels': '',
   'model.kind': 'g2gnet',
   'model.mixer_blocks': 2,
@@ -58,6 +59,7 @@ class RunSpec:
   num_seeds: int  # independent replicas trained together, seeds seed .. seed + num_seeds - 1
   num_epochs: int
   batch_size: int
+  num_microbatches: int  # the gradient is summed over this many slices of a batch, one at a time
   eval_batch_size: int
   eval_every_epochs: int
   checkpoint_every_epochs: int
@@ -163,6 +165,7 @@ RULES = {
     'num_seeds': Int(1),
     'num_epochs': Int(1),
     'batch_size': Int(1),
+    'num_microbatches': Int(1),
     'eval_batch_size': Int(1),
     'eval_every_epochs': Int(1),
     'checkpoint_every_epochs': Int(1),
@@ -276,6 +279,8 @@ def parse_config(
   top['num_devices'] = top['num_devices'] or device_count
   _divisible('batch_size', top['batch_size'], top['num_devices'], 'the number of devices')
   _divisible('eval_batch_size', top['eval_batch_size'], top['num_devices'], 'the number of devices')
+  per_slice = top['num_devices'] * top['num_microbatches']  # every slice of a batch splits over the devices
+  _divisible('batch_size', top['batch_size'], per_slice, 'num_devices x num_microbatches')
   if top['loop'] == 'auto':  # measured: the step loop is faster on a CPU, scanned epochs elsewhere
     top['loop'] = 'steps' if backend == 'cpu' else 'scan'
   if top['progress'] == 'auto':
@@ -311,14 +316,17 @@ def _parse_model(fields: dict, info: data_lib.DatasetInfo, spec: conn.Connectivi
     _fail('model.patch_grid', grid, f'must divide the image size {height}x{width}')
   num_features = grid * grid * fields['patch_channels']
   num_hidden = fields['num_hidden']
-  if fields['width_rule'] == 'match_g2g_params':  # FC v1: dense, as many head params as G2G's expected count
-    if fields['kind'] != 'g2gnet':
-      _fail('model.width_rule', 'match_g2g_params', "is G2GNet's (FC v1): needs model.kind = 'g2gnet'")
-    density = conn.expected_density(spec.num_groups, spec.p_intra, spec.p_inter)
+  widths = (hidden_width,) * num_hidden
+  density = conn.expected_density(spec.num_groups, spec.p_intra, spec.p_inter)
+  if fields['width_rule'] == 'match_g2g_params' and fields['kind'] == 'g2gnet':  # FC v1: G2G's expected head params
     target = conn.mlp_param_count(num_features, [hidden_width] * num_hidden, info.num_classes, density)
     widths = (conn.param_matched_width(num_features, num_hidden, info.num_classes, target),) * num_hidden
-  else:
-    widths = (hidden_width,) * num_hidden
+  elif fields['width_rule'] == 'match_g2g_params':  # the Mixer's: its sparse MLPs narrowed to G2G's head params
+    wide = models.ModelSpec(**fields, num_classes=info.num_classes)
+    if not wide.sparse_layers(spec.sparse_kernels):
+      _fail('connectivity.sparse_kernels', spec.sparse_kernels, 'matches no kernel of the mixer model')
+    tokens_mlp, channels_mlp = models.matched_mixer_widths(wide, spec.sparse_kernels, density)
+    fields = {**fields, 'mixer_tokens_mlp': tokens_mlp, 'mixer_channels_mlp': channels_mlp}
   model = models.ModelSpec(**fields, widths=widths, num_classes=info.num_classes)
   layers = model.sparse_layers(spec.sparse_kernels)
   if spec.kind != 'dense' and not layers:

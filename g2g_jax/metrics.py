@@ -212,6 +212,9 @@ def eval_record(*, step, epoch, sums: EpochSums, test: dict, best, accts: list[d
     **per_seed('test_accuracy', test['accuracy']),
     **per_seed('best_test_accuracy', best),
     'sparsity': float(np.mean([a['sparsity'] for a in accts])),
+    'layer_density': {
+      name: float(np.mean([a['layer_density'][name] for a in accts])) for name in accts[0]['layer_density']
+    },
     'head_params': int(round(np.mean([a['head_params'] for a in accts]))),
     'total_params': int(round(np.mean([a['total_params'] for a in accts]))),
     'flops_per_example': float(np.mean([a['flops_per_example'] for a in accts])),

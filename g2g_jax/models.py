@@ -42,7 +42,7 @@ class ModelSpec:
   feature_order: str = 'patch_major'  # G2GNet: 'patch_major' | 'channel_major'
   hidden_width: int = 1024  # G2GNet: the config's width (widths holds what the width rule made of it)
   num_hidden: int = 3  # G2GNet
-  width_rule: str = 'fixed'  # G2GNet: 'fixed' | 'match_g2g_params' (FC v1)
+  width_rule: str = 'fixed'  # 'fixed' | 'match_g2g_params' (FC v1; the Mixer: its sparse MLPs narrowed)
   kernel_init: str = 'torch'  # a name in KERNEL_INITS
   mixer_blocks: int = 2  # Mixer: blocks of token mixing then channel mixing
   mixer_channels: int = 128  # Mixer: channels per token (the stem's output)
@@ -86,6 +86,41 @@ class ModelSpec:
       sizes = [self.num_features, *self.widths]
       layers = [(f'head/hidden_{k}/kernel', a, b) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))]
     return [layer for layer in layers if fnmatch.fnmatchcase(layer[0], pattern)]
+
+
+def mixer_head_params(spec: ModelSpec, pattern: str = '', density: float = 1.0) -> float:
+  """The Mixer's MLP-block params (its head), the kernels that `pattern` matches counted at `density`."""
+  sparse = {path for path, _, _ in spec.sparse_layers(pattern)} if pattern else set()
+  total = 0.0
+  for b in range(spec.mixer_blocks):
+    for mlp, n, hidden in (
+      ('token_mlp', spec.num_patches, spec.mixer_tokens_mlp),
+      ('channel_mlp', spec.mixer_channels, spec.mixer_channels_mlp),
+    ):
+      for k in (0, 1):
+        total += n * hidden * (density if f'block_{b}/{mlp}/Dense_{k}/kernel' in sparse else 1.0)
+      total += hidden + n  # the two biases
+  return total
+
+
+def matched_mixer_widths(spec: ModelSpec, pattern: str, density: float) -> tuple[int, int]:
+  """(tokens_mlp, channels_mlp) of the dense Mixer whose head params come nearest those of the
+  G2G Mixer that makes `pattern`'s kernels sparse at `density`: the MLPs `pattern` touches are
+  narrowed by one common factor, the others kept."""
+  target = mixer_head_params(spec, pattern, density)
+  touched = {path.split('/')[1] for path, _, _ in spec.sparse_layers(pattern)}
+
+  def narrowed(f):
+    tokens = max(1, round(f * spec.mixer_tokens_mlp)) if 'token_mlp' in touched else spec.mixer_tokens_mlp
+    channels = max(1, round(f * spec.mixer_channels_mlp)) if 'channel_mlp' in touched else spec.mixer_channels_mlp
+    return tokens, channels
+
+  candidates = sorted({narrowed(k / 4096) for k in range(1, 4097)})
+  errors = [
+    abs(mixer_head_params(dataclasses.replace(spec, mixer_tokens_mlp=t, mixer_channels_mlp=c)) - target)
+    for t, c in candidates
+  ]
+  return candidates[errors.index(min(errors))]
 
 
 def make_model(spec: ModelSpec, connectivity: conn.ConnectivitySpec) -> nn.Module:
@@ -210,21 +245,43 @@ class G2GNet(nn.Module):
     return MLPHead(self.widths, self.num_classes, self.kernel_init, self.tile_plans, name='head')(features)
 
 
+class DenseT(nn.Module):
+  """nn.Dense over the first axis: [n_in, N] -> [features, N], the same params (kernel
+  [n_in, features], bias) and init. The token-mixing MLP's layout: a GEMM, no transposes."""
+
+  features: int
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  feature_major = True  # what rewiring.layer_activity reads: activations are [neurons, N]
+
+  @nn.compact
+  def __call__(self, x_IxN: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', self.kernel_init, (x_IxN.shape[0], self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    return jax.lax.dot_general(kernel, x_IxN, (((0,), (0,)), ((), ()))) + bias[:, None]
+
+
 class MlpBlock(nn.Module):
-  """Dense (`Dense_0`, to `hidden`) + GELU + Dense (`Dense_1`, back), over the last axis;
-  either may be a TiledDense (a TilePlan in `plans`)."""
+  """Dense (`Dense_0`, to `hidden`) + GELU + Dense (`Dense_1`, back); either may be a
+  TiledDense (a TilePlan in `plans`). Over the last axis of x, or with `feature_major`
+  over the first ([neurons, N])."""
 
   hidden: int
   kernel_init: str = 'torch'
   plans: tuple = (None, None)
+  feature_major: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    for k, features in enumerate((self.hidden, x.shape[-1])):
-      if self.plans[k] is None:
-        layer = nn.Dense(features, kernel_init=kernel_init(self.kernel_init), name=f'Dense_{k}')
+    outer = x.shape[0] if self.feature_major else x.shape[-1]
+    for k, features in enumerate((self.hidden, outer)):
+      if self.plans[k] is not None:
+        layer = TiledDense(
+          features, self.plans[k], self.feature_major, kernel_init=tiled_init(self.kernel_init), name=f'Dense_{k}'
+        )
+      elif self.feature_major:
+        layer = DenseT(features, kernel_init=kernel_init(self.kernel_init), name=f'Dense_{k}')
       else:
-        layer = TiledDense(features, self.plans[k], kernel_init=tiled_init(self.kernel_init), name=f'Dense_{k}')
+        layer = nn.Dense(features, kernel_init=kernel_init(self.kernel_init), name=f'Dense_{k}')
       x = layer(x)
       x = nn.gelu(x) if k == 0 else x
     return x
@@ -232,7 +289,9 @@ class MlpBlock(nn.Module):
 
 class MixerBlock(nn.Module):
   """Token mixing (an MLP across the patches, `token_mlp`) then channel mixing (an MLP across
-  channels, `channel_mlp`), each after a LayerNorm and with a residual; x is [B, tokens, channels]."""
+  channels, `channel_mlp`), each after a LayerNorm and with a residual. x is [tokens, B,
+  channels]: both MLPs are then plain matmuls (the token MLP reads x as [tokens, B x channels]
+  feature-major, the channel MLP as [tokens x B, channels]), with no transposes."""
 
   tokens_mlp: int
   channels_mlp: int
@@ -240,14 +299,36 @@ class MixerBlock(nn.Module):
   plans: dict | None = None  # {'token_mlp': (plan_0, plan_1), 'channel_mlp': ...}: tiled layers
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x_TxBxC: jax.Array) -> jax.Array:
+    t, b, c = x_TxBxC.shape
     plans = self.plans or {}
-    y = nn.LayerNorm(name='norm_0')(x).swapaxes(1, 2)  # [B, channels, tokens]
-    token = MlpBlock(self.tokens_mlp, self.kernel_init, plans.get('token_mlp', (None, None)), name='token_mlp')
-    x = x + token(y).swapaxes(1, 2)
+    y = nn.LayerNorm(name='norm_0')(x_TxBxC).reshape(t, b * c)
+    token = MlpBlock(
+      self.tokens_mlp, self.kernel_init, plans.get('token_mlp', (None, None)), feature_major=True, name='token_mlp'
+    )
+    x = x_TxBxC + token(y).reshape(t, b, c)
     y = nn.LayerNorm(name='norm_1')(x)
     channel = MlpBlock(self.channels_mlp, self.kernel_init, plans.get('channel_mlp', (None, None)), name='channel_mlp')
     return x + channel(y)
+
+
+class PatchStem(nn.Module):
+  """nn.Conv with kernel = stride = patch size (the same params and init), computed as one
+  matmul of the patches, in the layout the Mixer runs in: [tokens, B, channels]."""
+
+  features: int
+  grid: int
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
+    b, h, w, c = images_BxHxWxC.shape
+    ph, pw = h // self.grid, w // self.grid
+    kernel = self.param('kernel', self.kernel_init, (ph, pw, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    patches = images_BxHxWxC.reshape(b, self.grid, ph, self.grid, pw, c).transpose(1, 3, 0, 2, 4, 5)
+    patches = patches.reshape(self.grid * self.grid, b, ph * pw * c)
+    return patches @ kernel.reshape(ph * pw * c, self.features) + bias[None, None, :]
 
 
 class Mixer(nn.Module):
@@ -266,10 +347,8 @@ class Mixer(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
-    b, h, w, _ = images.shape
-    ph, pw = h // self.patch_grid, w // self.patch_grid
-    stem = nn.Conv(self.channels, (ph, pw), strides=(ph, pw), padding='VALID', name='stem')
-    x = stem(images).reshape(b, -1, self.channels)  # [B, tokens, channels]
+    stem = PatchStem(self.channels, self.patch_grid, kernel_init(self.kernel_init), name='stem')
+    x = stem(images)  # [tokens, B, channels]
     plans = dict(self.tile_plans)
     for i in range(self.num_blocks):
       mine = {
@@ -277,5 +356,5 @@ class Mixer(nn.Module):
         for mlp in ('token_mlp', 'channel_mlp')
       }
       x = MixerBlock(self.tokens_mlp, self.channels_mlp, self.kernel_init, mine, name=f'block_{i}')(x)
-    x = nn.LayerNorm(name='norm')(x).mean(axis=1)
+    x = nn.LayerNorm(name='norm')(x).mean(axis=0)
     return nn.Dense(self.num_classes, kernel_init=kernel_init(self.kernel_init), name='output')(x)

@@ -82,22 +82,45 @@ def loss_and_logits(params, state, images, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
 
-def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: int):
+def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: int, num_microbatches: int = 1):
   """One optimizer step on a batch of uint8 images. Pure; jitted once by the loop.
 
-  Gradients and the updated params are masked, so pruned weights stay exactly 0.
+  Gradients and the updated params are masked, so pruned weights stay exactly 0. With
+  num_microbatches = k > 1 the gradient is summed over k slices of the batch, one at a time.
   """
   key = jax.random.fold_in(state.key, state.step)
   images = input_pipeline.preprocess(key, batch['image'], augment, crop_padding)
   grad_fn = jax.value_and_grad(loss_and_logits, has_aux=True)
-  (loss, logits), grads = grad_fn(state.params, state, images, batch['label'])
+  if num_microbatches == 1:
+    (loss, logits), grads = grad_fn(state.params, state, images, batch['label'])
+    correct = jnp.argmax(logits, -1) == batch['label']
+  else:
+    loss, grads, correct = _microbatched(grad_fn, state, images, batch['label'], num_microbatches)
   grads = apply_masks(grads, state.masks)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   params = apply_masks(params, state.masks)  # pruned entries may carry moments after rewiring
   state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-  return state, {'loss': loss, 'accuracy': accuracy}
+  return state, {'loss': loss, 'accuracy': jnp.mean(correct)}
+
+
+def _microbatched(grad_fn, state: TrainState, images, labels, k: int):
+  """(mean loss, gradient, correct [k, B / k]) of the batch, from k slices of it, one at a time.
+
+  Slice j holds examples j, j + k, j + 2k, ...: each device keeps its share of every slice.
+  Activations of a slice stay in a CPU's caches, where the whole batch's do not.
+  """
+
+  def split(x):
+    return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+  def body(acc, slice_):
+    (loss, logits), grads = grad_fn(state.params, state, *slice_)
+    return jax.tree.map(jnp.add, acc, (loss, grads)), jnp.argmax(logits, -1) == slice_[1]
+
+  zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+  (loss, grads), correct = jax.lax.scan(body, zero, (split(images), split(labels)))
+  return loss / k, jax.tree.map(lambda g: g / k, grads), correct
 
 
 def eval_step(state: TrainState, batch: dict):
@@ -110,7 +133,7 @@ def eval_step(state: TrainState, batch: dict):
   return {'loss': jnp.sum(losses * w), 'correct': jnp.sum(correct * w), 'count': jnp.sum(w)}
 
 
-def train_chunk(state, data, order, first, *, length, batch_size, batch_sharding, augment, crop_padding):
+def train_chunk(state, data, order, first, *, length, batch_size, batch_sharding, **step_kw):
   """`length` train steps in one call, on the device-resident `data`: step j trains on the
   examples order[(first + j) * batch_size :][:batch_size]. Returns the state and per-step
   metrics [length]."""
@@ -119,7 +142,7 @@ def train_chunk(state, data, order, first, *, length, batch_size, batch_sharding
     idx = jax.lax.dynamic_slice(order, ((first + j) * batch_size,), (batch_size,))
     batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return train_step(state, batch, augment=augment, crop_padding=crop_padding)
+    return train_step(state, batch, **step_kw)
 
   return jax.lax.scan(body, state, jnp.arange(length))
 
@@ -262,7 +285,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       compile_seconds[name] = time.perf_counter() - t0
       return compiled
 
-    step_fn = functools.partial(train_step, augment=spec.data.augment, crop_padding=spec.data.crop_padding)
+    step_kw = dict(
+      augment=spec.data.augment, crop_padding=spec.data.crop_padding, num_microbatches=spec.num_microbatches
+    )
+    step_fn = functools.partial(train_step, **step_kw)
     if not scanned:
       train_fn = compile_ahead('train_step', step_fn, state, batches.device_batch(0, train_sharding), donate=True)
 
@@ -278,8 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
       data = jax.device_put({'image': dataset.train_images, 'label': dataset.train_labels}, replicated)
       example = (state, data, jax.device_put(np.zeros_like(batches.orders(0), np.int32), replicated), 0)
-      chunk_kw = dict(batch_size=batch_size, batch_sharding=batch_sharding, augment=spec.data.augment)
-      chunk_kw.update(crop_padding=spec.data.crop_padding)
+      chunk_kw = dict(batch_size=batch_size, batch_sharding=batch_sharding, **step_kw)
       full = plan.sync_every_steps
 
       def compile_chunk(name, length):

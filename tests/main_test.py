@@ -64,6 +64,7 @@ def test_the_mixer_config_from_the_command_line(tmp_path):
     '--config.data.synthetic_num_test=64',
     '--config.num_epochs=1',
     '--config.batch_size=32',
+    '--config.num_microbatches=2',  # the file's 16 needs a batch of 64 on the suite's 4 devices
     '--config.eval_batch_size=32',
     '--config.model.mixer_channels=16',
     '--config.connectivity.inter=tiles',

@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,3 +64,18 @@ def test_torch_init_is_uniform_within_inverse_sqrt_fan_in():
   params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 100)))['params']
   k = np.asarray(params['hidden_0']['kernel'])
   assert np.abs(k).max() <= 0.1 and np.abs(k).max() > 0.099
+
+
+def test_the_mixers_own_layers_equal_the_flax_layers_they_stand_for():
+  x = jax.random.uniform(jax.random.PRNGKey(1), (3, 32, 32, 3))
+  conv = nn.Conv(16, (4, 4), strides=(4, 4), padding='VALID')
+  stem = models.PatchStem(16, grid=8)
+  v = conv.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, stem.init(jax.random.PRNGKey(0), x))
+  want = conv.apply(v, x).reshape(3, 64, 16).transpose(1, 0, 2)  # [tokens, B, channels]
+  np.testing.assert_allclose(stem.apply(v, x), want, rtol=1e-5, atol=1e-6)
+  h = jax.random.normal(jax.random.PRNGKey(2), (64, 5))  # [tokens, N]
+  dense, dense_t = nn.Dense(8), models.DenseT(8)
+  v = dense.init(jax.random.PRNGKey(0), h.T)
+  assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, dense_t.init(jax.random.PRNGKey(0), h))
+  np.testing.assert_allclose(dense_t.apply(v, h), dense.apply(v, h.T).T, rtol=1e-5, atol=1e-6)

@@ -56,6 +56,21 @@ def test_pruned_weights_and_their_moments_stay_exactly_zero_across_mask_updates(
   assert not np.array_equal(masks0['head']['hidden_0']['kernel'], state.masks['head']['hidden_0']['kernel'])
 
 
+def test_microbatches_sum_the_same_gradient(smoke_config):
+  state = train.make_train_state(smoke_config)
+  batch = synthetic_batches(smoke_config, 1)[0]
+  steps = [
+    jax.jit(functools.partial(train.train_step, augment='crop_flip', crop_padding=2, num_microbatches=k))(state, batch)
+    for k in (1, 4)
+  ]
+  (one, m1), (four, m4) = steps
+  np.testing.assert_allclose(m4['loss'], m1['loss'], rtol=1e-6)
+  assert m4['accuracy'] == m1['accuracy']
+  chex.assert_trees_all_close(four.params, one.params, atol=1e-6)
+  chex.assert_trees_all_close(four.opt_state, one.opt_state, atol=1e-7)
+  assert jax.tree.all(jax.tree.map(lambda p, m: m is None or bool(jnp.all(p[~m] == 0)), four.params, four.masks))
+
+
 def test_golden_first_step_loss(smoke_config):
   """Pins the numbers of one step: any change to init, masks, data or loss shows here."""
   state = train.make_train_state(smoke_config)
@@ -330,6 +345,7 @@ def mixer_smoke():
   config = load_config('cifar10_mixer')
   config.progress = 'none'
   config.num_epochs, config.batch_size, config.eval_batch_size, config.log_every_steps = 2, 32, 64, 4
+  config.num_microbatches = 2  # the file's 16 needs a batch of 64 on the suite's 4 devices
   config.data.source = 'synthetic'
   config.data.synthetic_num_train, config.data.synthetic_num_test = 256, 96
   config.model.mixer_blocks, config.model.mixer_channels = 1, 16

@@ -132,6 +132,7 @@ def summarize(records: list[dict]) -> dict:
     'head_params': last['head_params'],
     'total_params': last['total_params'],
     'sparsity': last['sparsity'],
+    'layer_density': last.get('layer_density'),  # None: a run from before records had it
     'flops_per_example': last['flops_per_example'],
     'data_source': last['data_source'],
     'train_seconds': train_seconds,
