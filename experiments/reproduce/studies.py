@@ -20,6 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # The config files studies run on: a dataset's (configs/<name>.py), or a model's on one.
 DATASETS = ('fashion_mnist', 'cifar10', 'cifar100', 'cifar10_mixer', 'smoke')
 MIXER_EPOCHS = 10  # the Mixer study's runs (configs/cifar10_mixer.py): minutes an epoch on a 2-core CPU
+MIXER_INIT = ()  # the Mixer study's kernel init: the file's (torch); 'dense / lecun_normal' checks the reference's
+CHANNEL_MLPS = (('connectivity.sparse_kernels', 'block_*/channel_mlp/Dense_*/kernel'),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,12 +162,22 @@ STUDIES = {
     Entry("G2G index p'=0.19 + RigL", 'g2g_index', CHALLENGE + RIGL),
     Entry("G2G index p'=0.19 + SET", 'g2g_index', CHALLENGE + SET),
   ],
-  # G2G layers in a model that is not an MLP: the Mixer's token- and channel-mixing MLPs.
+  # G2G layers in a model that is not an MLP: the Mixer's token- and channel-mixing MLPs, with
+  # the controls that make a difference mean something (an ER mask of the same density, dense
+  # Mixers narrowed to the same head params) and G2G on the channel-mixing MLPs alone.
   'mixer': [
-    Entry('dense MLPs', 'fc_v2', epochs=MIXER_EPOCHS),
-    Entry('G2G MLPs (scattered)', 'g2g_mixer', epochs=MIXER_EPOCHS),
-    Entry('G2G MLPs (tiles)', 'g2g_mixer', (('connectivity.inter', 'tiles'),), epochs=MIXER_EPOCHS),
-  ],
+    Entry(name, row, (*changes, *MIXER_INIT), epochs=MIXER_EPOCHS)
+    for name, row, changes in (
+      ('dense', 'fc_v2', ()),
+      ('G2G', 'g2g_mixer', ()),
+      ('ER', 'er', ()),
+      ("dense at G2G's head params", 'fc_v1', ()),
+      ('G2G channel MLPs', 'g2g_mixer', CHANNEL_MLPS),
+      ("dense at channel G2G's head params", 'fc_v1', CHANNEL_MLPS),
+      ('G2G tiles', 'g2g_mixer', (('connectivity.inter', 'tiles'),)),
+    )
+  ]
+  + [Entry('dense / lecun_normal', 'fc_v2', (('model.kernel_init', 'lecun_normal'),), epochs=MIXER_EPOCHS)],
 }
 # The studies that run on each config file (every study but the Mixer's runs on the datasets).
 STUDIES_OF = {name: [s for s in STUDIES if s != 'mixer'] for name in DATASETS}
