@@ -17,13 +17,16 @@ import ml_collections
 
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
-from g2g_jax import models, optim, rewiring, tiles
+from g2g_jax import models, optim, rewiring, schedule, tiles
 
 PROGRESS = ('auto', 'bar', 'lines', 'none')
 LOOPS = ('auto', 'steps', 'scan')
-# Fields that may differ when a run is resumed: they change how it runs, not what it computes.
+# Fields that may differ when a run is resumed: they change how it runs (where the data is looked
+# for, how the work is split), never what is trained; the device count and the microbatches move
+# results by rounding at most. The data found is checked by its contents (data.Dataset.identity).
 RUNTIME_FIELDS = (
   'halt_after_steps',
+  'num_microbatches',
   'progress',
   'log_every_steps',
   'num_devices',
@@ -37,7 +40,6 @@ RUNTIME_FIELDS = (
 RETIRED_FIELDS = ('seed_layout', 'cpu_dots')
 # Fields added since runs were first written, with the value a config without them meant.
 ADDED_FIELDS = {
-  'num_microbatches': 1,
   'connectivity.sparse_kernels': '',
   'model.kind': 'g2gnet',
   'model.mixer_blocks': 2,
@@ -81,6 +83,23 @@ class RunSpec:
   @property
   def total_steps(self) -> int:
     return self.steps_per_epoch * self.num_epochs
+
+  def schedule(self) -> schedule.Schedule:
+    """When the run's events fall. A runner's chunk: the scanned chunk, or log_every_steps steps."""
+    chunk = self.log_every_steps
+    if self.loop == 'scan':
+      chunk = schedule.scan_chunk_steps(self.steps_per_epoch, self.log_every_steps)
+    return schedule.Schedule(
+      steps_per_epoch=self.steps_per_epoch,
+      num_epochs=self.num_epochs,
+      chunk_steps=chunk,
+      eval_every_epochs=self.eval_every_epochs,
+      checkpoint_every_epochs=self.checkpoint_every_epochs,
+      rewire_every_steps=self.rewiring.rewire_every_steps if self.rewiring.enabled else 0,
+      rewire_start_steps=self.rewiring.rewire_start_steps,
+      rewire_end_steps=self.rewiring.rewire_end_steps,
+      halt_after_steps=self.halt_after_steps,
+    )
 
   def _shape(self) -> str:
     if self.model.kind == 'mixer':
@@ -264,23 +283,30 @@ def _divisible(field: str, value: int, by: int, what: str):
 
 
 def parse_config(
-  config: ml_collections.ConfigDict, *, device_count: int | None = None, backend: str | None = None
+  config: ml_collections.ConfigDict,
+  *,
+  device_count: int | None = None,
+  backend: str | None = None,
+  check_devices: bool = True,
 ) -> RunSpec:
   """Validates every field and returns the complete spec of the run.
 
   device_count and backend (default: JAX's) resolve num_devices = 0 and loop = 'auto';
-  progress = 'auto' asks whether stderr is a terminal.
+  progress = 'auto' asks whether stderr is a terminal. check_devices = False skips what only
+  training on this machine needs (the device count and the batch's split over it).
   """
   device_count = jax.device_count() if device_count is None else device_count
   backend = jax.default_backend() if backend is None else backend
   top = _section(config, '')
-  if top['num_devices'] > device_count:
-    _fail('num_devices', top['num_devices'], f'must be an integer in [0, {device_count}]')
+  if check_devices:
+    if top['num_devices'] > device_count:
+      _fail('num_devices', top['num_devices'], f'must be an integer in [0, {device_count}]')
+    top['num_devices'] = top['num_devices'] or device_count
+    _divisible('batch_size', top['batch_size'], top['num_devices'], 'the number of devices')
+    _divisible('eval_batch_size', top['eval_batch_size'], top['num_devices'], 'the number of devices')
+    per_slice = top['num_devices'] * top['num_microbatches']  # every slice of a batch splits over the devices
+    _divisible('batch_size', top['batch_size'], per_slice, 'num_devices x num_microbatches')
   top['num_devices'] = top['num_devices'] or device_count
-  _divisible('batch_size', top['batch_size'], top['num_devices'], 'the number of devices')
-  _divisible('eval_batch_size', top['eval_batch_size'], top['num_devices'], 'the number of devices')
-  per_slice = top['num_devices'] * top['num_microbatches']  # every slice of a batch splits over the devices
-  _divisible('batch_size', top['batch_size'], per_slice, 'num_devices x num_microbatches')
   if top['loop'] == 'auto':  # measured: the step loop is faster on a CPU, scanned epochs elsewhere
     top['loop'] = 'steps' if backend == 'cpu' else 'scan'
   if top['progress'] == 'auto':

@@ -17,13 +17,10 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from g2g_jax.state import STREAMS
+
 KINDS = ('dense', 'er', 'g2g')
 GROUPINGS = ('index', 'random', 'mixer')
-
-# Separate random streams, so that changing how groups are drawn never changes the
-# edges drawn for the same groups, and vice versa.
-_GROUPS_STREAM = 1
-_EDGES_STREAM = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +75,7 @@ def layer_groups(n_in: int, n_out: int, layer: int, spec: ConnectivitySpec, seed
   if spec.grouping == 'index':
     return contiguous_groups(n_in, g), contiguous_groups(n_out, g)
   if spec.grouping == 'random':
-    rng = np.random.default_rng([seed, _GROUPS_STREAM, layer])
+    rng = np.random.default_rng([seed, STREAMS['groups'], layer])
     return rng.permutation(contiguous_groups(n_in, g)), rng.permutation(contiguous_groups(n_out, g))
   if spec.grouping == 'mixer':
     labels = contiguous_groups if layer % 2 == 0 else interleaved_groups
@@ -96,7 +93,7 @@ def make_layer_mask(n_in: int, n_out: int, layer: int, spec: ConnectivitySpec, s
   """Bool mask M_IxO of one hidden layer, or None for a dense layer."""
   if spec.kind == 'dense':
     return None
-  rng = np.random.default_rng([seed, _EDGES_STREAM, layer])
+  rng = np.random.default_rng([seed, STREAMS['edges'], layer])
   if spec.kind == 'er':
     probs = np.full((n_in, n_out), spec.density)
   elif spec.kind == 'g2g':

@@ -13,6 +13,7 @@ that says where it looked.
 import codecs
 import dataclasses
 import gzip
+import hashlib
 import io
 import os
 import pickle
@@ -22,6 +23,8 @@ import zlib
 
 import numpy as np
 from absl import logging
+
+from g2g_jax.state import STREAMS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +103,7 @@ class DataSpec:
 class Dataset:
   name: str
   source: str  # where the arrays came from, for the log
+  kind: str  # the kind of source: 'tfds' | 'local' | 'synthetic'
   train_images: np.ndarray
   train_labels: np.ndarray
   test_images: np.ndarray
@@ -109,6 +113,20 @@ class Dataset:
   @property
   def image_shape(self) -> tuple[int, ...]:
     return self.train_images.shape[1:]
+
+  def identity(self) -> dict:
+    """What a run trains on: the dataset, the kind of source, the split sizes and a hash of the
+    arrays (two copies that differ in one pixel or in their order are different data)."""
+    digest = hashlib.sha1()
+    for array in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+      digest.update(np.ascontiguousarray(array))
+    return {
+      'name': self.name,
+      'source': self.kind,
+      'num_train': len(self.train_images),
+      'num_test': len(self.test_images),
+      'sha1': digest.hexdigest()[:16],
+    }
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -332,7 +350,7 @@ def make_synthetic(spec: SyntheticSpec):
   The blocks line up with a 4x4 patch grid, so the patch front end sees the class
   directly: a few dozen steps learn it, and a test can tell learning from chance.
   """
-  rng = np.random.default_rng([spec.seed, 7])
+  rng = np.random.default_rng([spec.seed, STREAMS['synthetic']])
   size, blocks = spec.image_size, 4
   coarse = rng.random((spec.num_classes, blocks, blocks, spec.channels)) < 0.5
   reps = -(-size // blocks)
@@ -364,7 +382,7 @@ def load_dataset(spec: DataSpec) -> Dataset:
       synthetic = dataclasses.replace(
         synthetic, image_size=info.image_shape[0], channels=info.image_shape[2], num_classes=info.num_classes
       )
-    return Dataset(name, 'synthetic', *make_synthetic(synthetic), num_classes=synthetic.num_classes)
+    return Dataset(name, 'synthetic', 'synthetic', *make_synthetic(synthetic), num_classes=synthetic.num_classes)
 
   data_dir = os.path.expanduser(spec.dir or DEFAULT_DATA_DIR)
   looked = []
@@ -373,20 +391,20 @@ def load_dataset(spec: DataSpec) -> Dataset:
     if not _tfds_prepared(name, tfds_data_dir) and not _network_answers():
       looked.append(f'tfds prepared copy (data_dir={tfds_data_dir or "tfds default"}); tfds download (no network)')
     else:
-      arrays, where = load_tfds(name, tfds_data_dir, prepare=True), f'tfds ({name})'
+      arrays, where, kind = load_tfds(name, tfds_data_dir, prepare=True), f'tfds ({name})', 'tfds'
   if arrays is None and source == 'auto':
     looked.append(f'tfds prepared copy (data_dir={tfds_data_dir or "tfds default"})')
     if _tfds_prepared(name, tfds_data_dir):
-      arrays, where = load_tfds(name, tfds_data_dir, prepare=False), f'tfds ({name}, prepared)'
+      arrays, where, kind = load_tfds(name, tfds_data_dir, prepare=False), f'tfds ({name}, prepared)', 'tfds'
   if arrays is None and source in ('auto', 'local'):
     looked += [d for _, d in _local_candidates(name, data_dir)]
     found = load_local(name, data_dir)
     if found:
-      arrays, where = found[0], found[1]
+      arrays, where, kind = found[0], found[1], 'local'
   if arrays is None and source == 'auto':
     looked.append('tfds download' + ('' if download else ' (off: config.data.download=False)'))
     if download and _network_answers():
-      arrays, where = load_tfds(name, tfds_data_dir, prepare=True), f'tfds ({name}, downloaded)'
+      arrays, where, kind = load_tfds(name, tfds_data_dir, prepare=True), f'tfds ({name}, downloaded)', 'tfds'
     elif download:
       looked[-1] += ' (no network)'
   if arrays is None:
@@ -396,7 +414,7 @@ def load_dataset(spec: DataSpec) -> Dataset:
   info = DATASETS[name]
   if train_x.shape[1:] != info.image_shape or test_x.shape[1:] != info.image_shape:
     raise ValueError(f'{name} from {where}: images {train_x.shape[1:]}, expected {info.image_shape}')
-  return Dataset(name, where, train_x, train_y, test_x, test_y, num_classes=info.num_classes)
+  return Dataset(name, where, kind, train_x, train_y, test_x, test_y, num_classes=info.num_classes)
 
 
 def check_sizes(dataset: Dataset, info: DatasetInfo) -> Dataset:

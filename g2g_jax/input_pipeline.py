@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SHUFFLE_STREAM = 3  # numpy seed [seed, SHUFFLE_STREAM, epoch]: apart from the mask streams
+from g2g_jax.state import STREAMS
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   """The order in which a run of this seed visits the n training examples in this epoch."""
-  return np.random.default_rng([seed, SHUFFLE_STREAM, epoch]).permutation(n)
+  return np.random.default_rng([seed, STREAMS['shuffle'], epoch]).permutation(n)
 
 
 class TrainBatches:

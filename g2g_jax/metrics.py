@@ -7,7 +7,6 @@ import sys
 import time
 from typing import Any
 
-import jax
 import numpy as np
 from absl import logging
 
@@ -151,29 +150,21 @@ def run_seconds(records: list[dict]) -> tuple[float | None, float]:
 
 
 class EpochSums:
-  """Running sums of the current epoch's training metrics, per seed, read every few steps."""
+  """Running sums of the current epoch's training metrics, per seed."""
 
   def __init__(self, num_seeds: int, loss=None, correct=None, count=0, seconds=0.0):
     self.loss = np.zeros(num_seeds) if loss is None else np.asarray(loss, np.float64)
     self.correct = np.zeros(num_seeds) if correct is None else np.asarray(correct, np.float64)
     self.count, self.seconds = count, seconds
-    self._pending = []
 
-  def add(self, metrics: dict):
-    """Metrics of consecutive steps, each value [num_steps(, num_seeds)] (device arrays)."""
-    self._pending.append(metrics)
-
-  def sync(self, last_step: int, batch_size: int) -> tuple[int, int, float] | None:
-    """Fetches the pending metrics and adds them. Returns (step, replica, loss) of the first
-    non-finite loss, adding nothing, or None."""
-    fetched = jax.device_get(self._pending)
-    self._pending = []
-    losses = np.concatenate([np.reshape(m['loss'], (len(m['loss']), -1)) for m in fetched])  # [steps, seeds]
-    accs = np.concatenate([np.reshape(m['accuracy'], (len(m['accuracy']), -1)) for m in fetched])
+  def add(self, metrics: dict, last_step: int, batch_size: int) -> tuple[float, int, int] | None:
+    """Adds the metrics of consecutive steps up to `last_step` (host arrays [steps, seeds]).
+    Returns (loss, step, replica) of the first non-finite loss, adding nothing, or None."""
+    losses, accs = metrics['loss'], metrics['accuracy']
     bad = np.argwhere(~np.isfinite(losses))
     if bad.size:
       j, k = bad[0]
-      return last_step - len(losses) + 1 + int(j), int(k), float(losses[j, k])
+      return float(losses[j, k]), last_step - len(losses) + 1 + int(j), int(k)
     for loss, acc in zip(losses, accs, strict=True):  # step by step: resume-exact sums
       self.loss += loss.astype(np.float64) * batch_size
       self.correct += acc.astype(np.float64) * batch_size

@@ -1,11 +1,12 @@
 """Seed replicas: independent train states stacked on a leading axis, and functions vmapped over it.
 
-One seed runs unstacked (a vmap of size 1 cost 40% on a CPU); S > 1 seeds run as one
-program, vmapped.
+One seed runs unstacked (a vmap of size 1 costs time: experiments/bench/HISTORY.md); S > 1
+seeds run as one program, vmapped.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def stack(states: list):
@@ -17,6 +18,11 @@ def stack(states: list):
 def replica(states, k: int):
   """Replica k of stacked states."""
   return jax.tree.map(lambda x: x[k], states)
+
+
+def each(states) -> list:
+  """The replicas of stacked states, or [state] for one seed's (unstacked) state."""
+  return [states] if np.ndim(states.step) == 0 else [replica(states, k) for k in range(np.shape(states.step)[0])]
 
 
 def over_seeds(fn, num_seeds: int, in_axes=0):

@@ -55,8 +55,7 @@ class RewireSpec:
 
   def due(self, step: int) -> bool:
     """Whether an update runs right after optimizer step `step`."""
-    end = self.rewire_end_steps or None
-    return self.enabled and schedule.due(step, self.rewire_every_steps, self.rewire_start_steps, end)
+    return self.enabled and schedule.due(step, self.rewire_every_steps, self.rewire_start_steps, self.rewire_end_steps)
 
   def fraction_at(self, step):
     if self.fraction_schedule == 'constant':

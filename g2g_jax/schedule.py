@@ -7,9 +7,10 @@ Pure Python, no JAX.
 import dataclasses
 
 
-def due(step: int, every: int, start: int = 0, end: int | None = None) -> bool:
-  """Whether a periodic event runs at `step`: a positive multiple of `every` in [start, end]."""
-  return step > 0 and step % every == 0 and start <= step and (end is None or step <= end)
+def due(step: int, every: int, start: int = 0, end: int = 0) -> bool:
+  """Whether a periodic event runs at `step`: a positive multiple of `every` in [start, end]
+  (end = 0: no end)."""
+  return step > 0 and step % every == 0 and start <= step and (end == 0 or step <= end)
 
 
 def scan_chunk_steps(steps_per_epoch: int, log_every_steps: int) -> int:
@@ -28,12 +29,12 @@ class Schedule:
 
   steps_per_epoch: int
   num_epochs: int
-  sync_every_steps: int  # metrics are read (and checked) at least this often
+  chunk_steps: int  # steps a runner runs per call at most: metrics are read (and checked) this often
   eval_every_epochs: int
   checkpoint_every_epochs: int
   rewire_every_steps: int = 0  # 0: no mask updates
   rewire_start_steps: int = 0
-  rewire_end_steps: int = 0
+  rewire_end_steps: int = 0  # 0: no end
   halt_after_steps: int = 0  # 0: never
 
   @property
@@ -66,9 +67,9 @@ class Schedule:
     return min(self.total_steps, self.halt_after_steps) if self.halt_after_steps > step else self.total_steps
 
   def next_chunk(self, step: int) -> int:
-    """Steps from `step` to the next event: a metrics sync, an epoch's end, a mask update
+    """Steps from `step` to the next event: a chunk's end, an epoch's end, a mask update
     (cut at every multiple of rewire_every_steps) or the halt step."""
-    events = [self.sync_every_steps - step % self.sync_every_steps, self.steps_per_epoch - step % self.steps_per_epoch]
+    events = [self.chunk_steps - step % self.chunk_steps, self.steps_per_epoch - step % self.steps_per_epoch]
     if self.rewire_every_steps:
       events.append(self.rewire_every_steps - step % self.rewire_every_steps)
     if self.halt_after_steps > step:

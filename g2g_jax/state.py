@@ -8,6 +8,19 @@ import jax.numpy as jnp
 from flax import struct
 from flax.training import train_state
 
+# Every random stream a run draws from, each kept apart by its number, so that changing how
+# one is drawn never changes another. numpy streams: np.random.default_rng([seed, number, ...]);
+# jax streams: jax.random.fold_in(state.key, number), apart from the steps' fold_in(key, step).
+STREAMS = {
+  'groups': 1,  # numpy: random groupings (connectivity.layer_groups)
+  'edges': 2,  # numpy: Bernoulli edges of masks (connectivity.make_layer_mask)
+  'shuffle': 3,  # numpy: each epoch's order of the training set (input_pipeline.epoch_order)
+  'tiles': 4,  # numpy: which inter-group tiles a tiled layer reads (tiles.make_layout)
+  'tile_edges': 5,  # numpy: edges inside a tiled layer's present tiles
+  'synthetic': 7,  # numpy, from the data's own seed: synthetic data (data.make_synthetic)
+  'rewire': 1,  # jax: the mask updates' keys (fold_in of the run's key, then of the step)
+}
+
 
 class TrainState(train_state.TrainState):
   """Flax's TrainState plus what G2GNet threads through training.

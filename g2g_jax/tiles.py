@@ -33,9 +33,9 @@ import numpy as np
 from flax import traverse_util
 
 from g2g_jax import connectivity as conn
+from g2g_jax.state import STREAMS
 
 INTERS = ('bernoulli', 'tiles')
-_TILES_STREAM = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +99,7 @@ def make_layout(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, 
   g, t_in, t_out = spec.num_groups, plan.tile_in, plan.tile_out
   r_tiles, c_tiles = n_in // t_in, n_out // t_out
   s_in, s_out = r_tiles // g, c_tiles // g
-  rng = np.random.default_rng([seed, _TILES_STREAM, layer])
+  rng = np.random.default_rng([seed, STREAMS['tiles'], layer])
   pairs = [(d, s) for d in range(1, g) for s in range(s_in)]
   chosen = [pairs[i] for i in sorted(rng.choice(len(pairs), plan.num_slots - s_in, replace=False))]
   sigma = {d: rng.permutation(s_in) for d in range(1, g)}
@@ -114,7 +114,7 @@ def make_layout(n_in: int, n_out: int, layer: int, spec: conn.ConnectivitySpec, 
 
   g_in, g_out = conn.layer_groups(n_in, n_out, layer, spec, seed)
   in_order, out_order = np.argsort(g_in, kind='stable'), np.argsort(g_out, kind='stable')
-  edge_rng = np.random.default_rng([seed, _TILES_STREAM + 1, layer])
+  edge_rng = np.random.default_rng([seed, STREAMS['tile_edges'], layer])
   mask = np.ones((c_tiles, plan.num_slots, t_in, t_out), bool)
   mask[intra] = edge_rng.random((int(intra.sum()), t_in, t_out)) < spec.p_intra
   mask[~intra] = edge_rng.random((int((~intra).sum()), t_in, t_out)) < spec.tile_density

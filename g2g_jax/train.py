@@ -6,7 +6,6 @@ and params re-masked after each update, so a pruned weight is exactly 0 at all t
 """
 
 import contextlib
-import functools
 import json
 import os
 import time
@@ -24,13 +23,11 @@ from jax.sharding import PartitionSpec as P
 from g2g_jax import checkpoint as ckpt_lib
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
-from g2g_jax import hosts, input_pipeline, interrupts, models, optim, replicas, rewiring, schedule, sparse
+from g2g_jax import hosts, input_pipeline, lifecycle, models, optim, replicas, runners, sparse
 from g2g_jax import metrics as metrics_lib
 from g2g_jax import workdir as workdir_lib
 from g2g_jax.config import RunSpec, check_same_run, parse_config
 from g2g_jax.state import TrainState, apply_masks
-
-REWIRE_STREAM = 1  # fold_in(state.key, REWIRE_STREAM): the mask updates' keys, apart from the steps'
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
@@ -133,31 +130,10 @@ def eval_step(state: TrainState, batch: dict):
   return {'loss': jnp.sum(losses * w), 'correct': jnp.sum(correct * w), 'count': jnp.sum(w)}
 
 
-def train_chunk(state, data, order, first, *, length, batch_size, batch_sharding, **step_kw):
-  """`length` train steps in one call, on the device-resident `data`: step j trains on the
-  examples order[(first + j) * batch_size :][:batch_size]. Returns the state and per-step
-  metrics [length]."""
-
-  def body(state, j):
-    idx = jax.lax.dynamic_slice(order, ((first + j) * batch_size,), (batch_size,))
-    batch = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
-    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return train_step(state, batch, **step_kw)
-
-  return jax.lax.scan(body, state, jnp.arange(length))
-
-
-def evaluate(state: TrainState, images, labels, batch_size: int, eval_fn=None, sharding=None) -> dict:
-  """Loss and accuracy over a whole split, per seed for stacked states (arrays [seeds]).
-
-  eval_fn defaults to eval_step, jitted (vmapped over stacked states).
-  """
-  if eval_fn is None:
-    eval_fn = jax.jit(replicas.over_seeds(eval_step, int(np.size(state.step)), in_axes=(0, None)))
-  batches = input_pipeline.eval_batches(images, labels, batch_size)
-  sums = [eval_fn(state, jax.device_put(b, sharding) if sharding else b) for b in batches]
-  total = jax.tree.map(lambda *v: np.atleast_1d(np.sum(np.stack(v).astype(np.float64), axis=0)), *jax.device_get(sums))
-  return {'loss': total['loss'] / total['count'], 'accuracy': total['correct'] / total['count']}
+def evaluate(state: TrainState, images, labels, batch_size: int) -> dict:
+  """Loss and accuracy over a whole split, per seed for stacked states (arrays [seeds])."""
+  eval_fn = jax.jit(replicas.over_seeds(eval_step, int(np.size(state.step)), in_axes=(0, None)))
+  return runners.evaluate_split(eval_fn, state, images, labels, batch_size)
 
 
 class Run(NamedTuple):
@@ -172,8 +148,8 @@ def load_run(workdir: str) -> Run:
   if saved is None:
     raise workdir_lib.WorkdirError(f'{workdir}: no run to load (no checkpoint, no config.json)')
   config = ml_collections.ConfigDict(saved)
-  with contextlib.closing(ckpt_lib.Checkpointer(workdir)) as ckpt:
-    restored = ckpt.restore(make_train_state(config))
+  with contextlib.closing(ckpt_lib.Checkpointer(workdir)) as ckpt:  # no mesh: a run loads on any machine
+    restored = ckpt.restore(init_state(parse_config(config, check_devices=False)))
   if restored is None:
     raise workdir_lib.WorkdirError(f'{workdir}: no checkpoint to load')
   return Run(config, restored[0], metrics_lib.read_records(workdir))
@@ -200,13 +176,14 @@ def _log_setup(spec: RunSpec, dataset: data_lib.Dataset, acct: dict, mesh: Mesh)
   )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, start_over: bool = False) -> dict[str, Any]:
   """Trains and evaluates as the config says; resumes from the workdir's checkpoint.
 
-  Returns the last evaluation record (also the last evaluation line of
-  WORKDIR/metrics.jsonl), or {'step': s, 'halted': True} when config.halt_after_steps
-  stopped the run at step s. SIGTERM or SIGINT saves a checkpoint at the next step
-  boundary and raises interrupts.Stopped.
+  Returns the last evaluation record (the last evaluation line of WORKDIR/metrics.jsonl), or
+  {'step': s, 'halted': True} when config.halt_after_steps stopped the run at step s. A signal
+  (SIGTERM, SIGINT, SIGHUP) saves a checkpoint at the next step boundary and raises
+  interrupts.Stopped. start_over trains a workdir whose records have no checkpoint again from
+  step 0, its earlier records moved to WORKDIR/earlier/.
   """
   spec = parse_config(config)
   config_dict = json.loads(config.to_json())
@@ -216,234 +193,98 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   dataset = data_lib.check_sizes(data_lib.load_dataset(spec.data), spec.data.info)
   mesh = make_mesh(spec.num_devices)
   state = init_state(spec)
-  seeds, spe, batch_size = spec.num_seeds, spec.steps_per_epoch, spec.batch_size
-  accts = [
-    conn.accounting(st.params, st.masks, spec.model.runs, spec.model.head, st.layout)
-    for st in ([state] if seeds == 1 else [replicas.replica(state, k) for k in range(seeds)])
-  ]
+  seeds, spe, plan = spec.num_seeds, spec.steps_per_epoch, spec.schedule()
+  accts = [conn.accounting(s.params, s.masks, spec.model.runs, spec.model.head, s.layout) for s in replicas.each(state)]
   _log_setup(spec, dataset, accts[0], mesh)
-
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P('data'))  # one replica's batch
-  lead_sharding = NamedSharding(mesh, P(None, 'data'))  # batches behind one leading axis
-  train_sharding = lead_sharding if seeds > 1 else batch_sharding
-  hebbian_sharding = NamedSharding(mesh, P(None, None, 'data')) if seeds > 1 else lead_sharding
-  batches = input_pipeline.TrainBatches(
-    dataset.train_images, dataset.train_labels, batch_size, range(spec.seed, spec.seed + seeds)
-  )
-  scanned = spec.loop == 'scan'
-  plan = schedule.Schedule(
-    steps_per_epoch=spe,
-    num_epochs=spec.num_epochs,
-    # Metrics are read after each scanned chunk, or every log_every_steps steps.
-    sync_every_steps=schedule.scan_chunk_steps(spe, spec.log_every_steps) if scanned else spec.log_every_steps,
-    eval_every_epochs=spec.eval_every_epochs,
-    checkpoint_every_epochs=spec.checkpoint_every_epochs,
-    rewire_every_steps=spec.rewiring.rewire_every_steps if spec.rewiring.enabled else 0,
-    rewire_start_steps=spec.rewiring.rewire_start_steps,
-    rewire_end_steps=spec.rewiring.rewire_end_steps,
-    halt_after_steps=spec.halt_after_steps,
-  )
-
-  hosts.check_shared(workdir)
-  with contextlib.ExitStack() as stack:
-    lock = workdir_lib.Lock(workdir)  # held by process 0 for every process
-    hosts.on_primary(lock.__enter__, 'locking the workdir')
-    if hosts.is_primary():
-      stack.push(lock)
-    stop = stack.enter_context(interrupts.StopRequests())
-
-    def stop_now():  # every process stops at the same step: one signalled process stops them all
-      return hosts.any_process(bool(stop))
-
-    ckpt = stack.enter_context(contextlib.closing(ckpt_lib.Checkpointer(workdir)))
-    saved = ckpt_lib.saved_config(workdir)  # again, now that no other run can change the workdir
-    check_same_run(saved, config_dict, workdir)
-    identity = saved or config_dict
-    hosts.on_primary(lambda: workdir_lib.keep_config(workdir, identity), 'writing config.json')
-    state = jax.device_put(state, replicated)
-    meta = {'best_test_accuracy': [0.0] * seeds, 'epoch_sums': metrics_lib.EpochSums(seeds).to_meta()}
-    restored = ckpt.restore(state)
-    if restored is not None:
-      state, meta = restored
-      logging.info('resumed from the checkpoint at step %d in %s', int(np.ravel(state.step)[0]), ckpt.directory)
-    step = int(np.ravel(state.step)[0])
-    writer = metrics_lib.MetricWriter(workdir, step, meta.get('records'), primary=hosts.is_primary())
-    stack.enter_context(contextlib.closing(writer))
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  identity = dataset.identity()
+  with lifecycle.open_run(workdir, config_dict, identity, state, num_seeds=seeds, start_over=start_over) as run:
+    state, step, best, writer = run.state, run.step, run.best, run.writer
     if step >= spec.total_steps:
       logging.info('run already finished (step %d of %d): nothing to train', step, spec.total_steps)
-      evals = metrics_lib.eval_records(writer.records())
-      return evals[-1] if evals else {'step': step}
-    # Every program is compiled ahead, so epoch times are training alone and the compile
-    # time is its own figure (the first evaluation record's compile_seconds).
-    compile_seconds = {}
-
-    def compile_ahead(name, fn, *example_args, in_axes=0, donate=False):
-      t0 = time.perf_counter()
-      jitted = jax.jit(replicas.over_seeds(fn, seeds, in_axes), donate_argnums=0 if donate else ())
-      compiled = jitted.lower(*example_args).compile()
-      compile_seconds[name] = time.perf_counter() - t0
-      return compiled
-
-    step_kw = dict(
-      augment=spec.data.augment, crop_padding=spec.data.crop_padding, num_microbatches=spec.num_microbatches
+      return _result(writer.records(), step, spec.total_steps)
+    runner = runners.RUNNERS[spec.loop](
+      spec, mesh, dataset, state, train_step=train_step, eval_step=eval_step, should_stop=run.stop_now
     )
-    step_fn = functools.partial(train_step, **step_kw)
-    if not scanned:
-      train_fn = compile_ahead('train_step', step_fn, state, batches.device_batch(0, train_sharding), donate=True)
-
-      def run_chunk(state, step, n):
-        metrics = []
-        for i in range(n):
-          if i and stop_now():  # a stop request ends the chunk at this step boundary
-            break
-          state, m = train_fn(state, batches.device_batch(step + i, train_sharding))
-          metrics.append(m)
-        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
-
-    else:
-      data = jax.device_put({'image': dataset.train_images, 'label': dataset.train_labels}, replicated)
-      example = (state, data, jax.device_put(np.zeros_like(batches.orders(0), np.int32), replicated), 0)
-      chunk_kw = dict(batch_size=batch_size, batch_sharding=batch_sharding, **step_kw)
-      full = plan.sync_every_steps
-
-      def compile_chunk(name, length):
-        fn = functools.partial(train_chunk, length=length, **chunk_kw)
-        return compile_ahead(name, fn, *example, in_axes=(0, None, 0, None), donate=True)
-
-      chunk_fn = compile_chunk('train_chunk', full)
-      # Chunks cut short (by a mask update, the halt step, or epochs of a length that no
-      # chunk divides) run as single steps, a second program compiled only when needed.
-      if any(n != full for n in plan.chunks(step)):
-        single_fn = compile_chunk('train_chunk_1', 1)
-      orders = {}
-
-      def run_chunk(state, step, n):
-        epoch, position = divmod(step, spe)
-        if epoch not in orders:  # the epoch's orders: 4 bytes per example and seed, sent once per epoch
-          orders.clear()
-          orders[epoch] = jax.device_put(batches.orders(epoch).astype(np.int32), replicated)
-        if n == full:
-          state, metrics = chunk_fn(state, data, orders[epoch], position)
-        else:
-          parts = []
-          for i in range(n):
-            state, m = single_fn(state, data, orders[epoch], position + i)
-            parts.append(m)
-          metrics = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=-1), *parts)
-        return state, jax.tree.map(lambda x: x.T, metrics)  # [(seeds,) n] -> [n(, seeds)]
-
-    test_batch = next(input_pipeline.eval_batches(dataset.test_images, dataset.test_labels, spec.eval_batch_size))
-    eval_example = jax.device_put(test_batch, batch_sharding)
-    eval_fn = compile_ahead('eval_step', eval_step, state, eval_example, in_axes=(0, None))
-    rewire_keys = replicas.over_seeds(jax.random.fold_in, seeds, in_axes=(0, None))(state.key, REWIRE_STREAM)
-    step_keys = jax.jit(replicas.over_seeds(jax.random.fold_in, seeds, in_axes=(0, None)))
-    k_hebbian = spec.rewiring.hebbian_batches
-
-    def hebbian_batches(step):
-      return jax.device_put(batches.latest(step, k_hebbian), hebbian_sharding)
-
+    compile_seconds = sum(runner.compile_seconds.values())
+    logging.info(
+      'compiled in %.2fs: %s', compile_seconds, ', '.join(f'{k} {v:.2f}s' for k, v in runner.compile_seconds.items())
+    )
     if spec.rewiring.enabled:
       logging.info('rewiring: %s', spec.rewiring.summary())
-      update = functools.partial(rewiring.update_masks, spec=spec.rewiring)
-      example = (state, hebbian_batches(max(step, k_hebbian)), rewire_keys)
-      rewire_fn = compile_ahead('update_masks', update, *example, donate=True)
-    logging.info(
-      'compiled in %.2fs: %s',
-      sum(compile_seconds.values()),
-      ', '.join(f'{k} {v:.2f}s' for k, v in compile_seconds.items()),
-    )
-
-    def rewire(state, step):
-      jax.block_until_ready(state)  # time the update alone, not the steps queued before it
-      t0 = time.perf_counter()
-      state, info = rewire_fn(state, hebbian_batches(step), step_keys(rewire_keys, step))
-      info = jax.device_get(info)
-      seconds = time.perf_counter() - t0
-      record, line = metrics_lib.rewire_record(step, seconds, info, seeds)
-      writer.write(record)
-      logging.info('%s', line)
-      return state, seconds
-
-    def diverged(what, value, step, k=0):
-      good = ckpt.latest_step()
-      return FloatingPointError(
-        f'non-finite {what} ({value}) at step {step}{f" (replica {k})" if seeds > 1 else ""}; stopped. '
-        f'Last good checkpoint in {workdir}: {"none yet" if good is None else f"step {good}"}, left intact.'
-      )
-
-    def sync(sums, step):
-      bad = sums.sync(step, batch_size)
-      if bad is not None:
-        raise diverged('training loss', bad[2], bad[0], bad[1])
-
-    def save(step, state, sums):
-      meta = {'best_test_accuracy': list(best), 'epoch_sums': sums.to_meta(), 'config': identity}
-      ckpt.save(step, state, {**meta, 'records': writer.records()})
-
-    def eval_record(state, step, sums, rewire_seconds):
-      nonlocal best, unreported_compile
-      test = evaluate(state, dataset.test_images, dataset.test_labels, spec.eval_batch_size, eval_fn, batch_sharding)
-      if not np.all(np.isfinite(test['loss'])):
-        k = int(np.argmin(np.isfinite(test['loss'])))
-        raise diverged('test loss', test['loss'][k], step, k)
-      best = np.maximum(best, test['accuracy'])
-      record = metrics_lib.eval_record(
-        step=step,
-        epoch=step // spe,
-        sums=sums,
-        test=test,
-        best=best,
-        accts=accts,
-        data_source=dataset.source,
-        learning_rate=float(optim.make_schedule(spec.optim, spec.total_steps)(step)),
-        # Throughput over all replicas: examples trained on per second of training.
-        examples_per_sec=sums.count * seeds / max(sums.seconds - rewire_seconds, 1e-9),
-        epoch_seconds=sums.seconds,
-      )
-      if unreported_compile:  # the first evaluation after this process compiled
-        record['compile_seconds'], unreported_compile = unreported_compile, 0.0
-      if spec.rewiring.enabled:
-        record['rewire_seconds'] = rewire_seconds
-        record['rewire_time_share'] = rewire_seconds / max(sums.seconds, 1e-9)
-      return record
-
-    best = np.asarray(meta['best_test_accuracy'], np.float64)
-    unreported_compile = sum(compile_seconds.values())
     progress = metrics_lib.Progress(spec.progress if hosts.is_primary() else 'none')
-    record = {}
+    sums = metrics_lib.EpochSums(seeds, **run.epoch_sums) if step % spe else metrics_lib.EpochSums(seeds)
     while step < plan.end(step):
-      epoch_start, t0, rewire_seconds = step, time.perf_counter(), 0.0
-      sums = metrics_lib.EpochSums(seeds, **meta['epoch_sums']) if step % spe else metrics_lib.EpochSums(seeds)
+      first, t0, rewire_seconds = step, time.perf_counter(), 0.0
       progress.start_epoch()
       while True:  # one epoch, or what is left of it
-        state, metrics = run_chunk(state, step, plan.next_chunk(step))
-        sums.add(metrics)
+        state, metrics = runner.run_chunk(state, step, plan.next_chunk(step))
         step += len(metrics['loss'])
-        sync(sums, step)
+        bad = sums.add(metrics, step, spec.batch_size)
+        if bad is not None:
+          raise run.diverged('training loss', *bad)
         epoch = (step - 1) // spe
-        done = (step - epoch_start) * batch_size * seeds
-        progress.update(epoch + 1, step - epoch * spe, spe, sums.mean_loss(), sums.mean_accuracy(), done)
+        examples = (step - first) * spec.batch_size * seeds
+        progress.update(epoch + 1, step - epoch * spe, spe, sums.mean_loss(), sums.mean_accuracy(), examples)
         if plan.rewire(step):
-          state, seconds = rewire(state, step)
+          state, info, seconds = runner.rewire(state, step)
           rewire_seconds += seconds
-        stopping = stop_now()
+          record, line = metrics_lib.rewire_record(step, seconds, info, seeds)
+          writer.write(record)
+          logging.info('%s', line)
+        stopping = run.stop_now()
         if plan.epoch_end(step) or plan.halt(step) or stopping:
           break
       sums.seconds += time.perf_counter() - t0
       progress.end_epoch()
       if plan.evaluate(step):
-        record = eval_record(state, step, sums, rewire_seconds)
+        test = runner.evaluate(state)
+        if not np.all(np.isfinite(test['loss'])):
+          k = int(np.argmin(np.isfinite(test['loss'])))
+          raise run.diverged('test loss', test['loss'][k], step, k)
+        best = np.maximum(best, test['accuracy'])
+        record = _eval_record(spec, step, sums, test, best, accts, dataset, rewire_seconds)
+        if compile_seconds:  # the first evaluation after this process compiled
+          record['compile_seconds'], compile_seconds = compile_seconds, 0.0
         writer.write(record)
         logging.info('%s', metrics_lib.eval_line(record))
       if plan.checkpoint(step) or stopping:
-        save(step, state, sums if step % spe else metrics_lib.EpochSums(seeds))
+        run.save(step, state, sums if step % spe else metrics_lib.EpochSums(seeds), best)
       if stopping:
-        ckpt.wait()
-        logging.warning('stopped at step %d: checkpoint saved in %s; rerun the command to resume', step, ckpt.directory)
-        raise interrupts.Stopped(stop.signum, step)
-      if plan.halt(step) and step < spec.total_steps:
-        logging.info('halted at step %d (config.halt_after_steps); rerun the command to resume', step)
-        return {'step': step, 'halted': True}
-      meta = {'epoch_sums': metrics_lib.EpochSums(seeds).to_meta()}
-    return record
+        raise run.stopped(step)
+      if plan.halt(step):
+        break
+      sums = metrics_lib.EpochSums(seeds)
+    return _result(writer.records(), step, spec.total_steps)
+
+
+def _eval_record(spec: RunSpec, step, sums, test, best, accts, dataset, rewire_seconds) -> dict:
+  """The record of an evaluation at `step`: the epoch's training sums, the test metrics, the
+  accounting, and what the epoch cost (mask updates apart)."""
+  record = metrics_lib.eval_record(
+    step=step,
+    epoch=step // spec.steps_per_epoch,
+    sums=sums,
+    test=test,
+    best=best,
+    accts=accts,
+    data_source=dataset.source,
+    learning_rate=float(optim.make_schedule(spec.optim, spec.total_steps)(step)),
+    # Throughput over all replicas: examples trained on per second of training.
+    examples_per_sec=sums.count * spec.num_seeds / max(sums.seconds - rewire_seconds, 1e-9),
+    epoch_seconds=sums.seconds,
+  )
+  if spec.rewiring.enabled:
+    record['rewire_seconds'] = rewire_seconds
+    record['rewire_time_share'] = rewire_seconds / max(sums.seconds, 1e-9)
+  return record
+
+
+def _result(records: list[dict], step: int, total_steps: int) -> dict:
+  """What train_and_evaluate returns: the last evaluation record, or {'step', 'halted'} for a run
+  that config.halt_after_steps stopped before its end."""
+  if step < total_steps:
+    logging.info('halted at step %d (config.halt_after_steps); rerun the command to resume', step)
+    return {'step': step, 'halted': True}
+  evals = metrics_lib.eval_records(records)
+  return evals[-1] if evals else {'step': step}

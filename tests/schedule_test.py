@@ -10,7 +10,7 @@ def test_events_of_a_run():
   plan = schedule.Schedule(
     steps_per_epoch=8,
     num_epochs=3,
-    sync_every_steps=3,
+    chunk_steps=3,
     eval_every_epochs=2,
     checkpoint_every_epochs=1,
     rewire_every_steps=5,
