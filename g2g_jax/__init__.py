@@ -1,27 +1,36 @@
-"""G2GNet in JAX/Flax: sparse, modular group-to-group connectivity for feedforward layers."""
+"""G2GNet in JAX/Flax: sparse, modular group-to-group connectivity for feedforward layers.
 
-from g2g_jax.config import ConfigError, RunSpec, parse_config
-from g2g_jax.connectivity import accounting, make_masks
-from g2g_jax.data import load_dataset
-from g2g_jax.models import G2GNet
-from g2g_jax.rewiring import update_masks
-from g2g_jax.state import TrainState
-from g2g_jax.train import eval_step, evaluate, load_run, make_train_state, train_and_evaluate, train_step
+The public API, imported on first use: `import g2g_jax` itself loads nothing heavy, so the
+command line can take signals before JAX is loaded.
+"""
 
-__all__ = [
-  'ConfigError',
-  'G2GNet',
-  'RunSpec',
-  'TrainState',
-  'accounting',
-  'eval_step',
-  'evaluate',
-  'load_dataset',
-  'load_run',
-  'make_masks',
-  'make_train_state',
-  'parse_config',
-  'train_and_evaluate',
-  'train_step',
-  'update_masks',
-]
+import importlib
+
+_EXPORTS = {
+  'ConfigError': 'config',
+  'RunSpec': 'config',
+  'parse_config': 'config',
+  'accounting': 'connectivity',
+  'make_masks': 'connectivity',
+  'load_dataset': 'data',
+  'G2GNet': 'models',
+  'update_masks': 'rewiring',
+  'TrainState': 'state',
+  'eval_step': 'train',
+  'evaluate': 'train',
+  'load_run': 'train',
+  'make_train_state': 'train',
+  'train_and_evaluate': 'train',
+  'train_step': 'train',
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(f'g2g_jax.{_EXPORTS[name]}'), name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return __all__

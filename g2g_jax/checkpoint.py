@@ -16,7 +16,6 @@ read, restore says why for each and moves nothing.
 """
 
 import contextlib
-import errno
 import os
 import shutil
 from typing import Any
@@ -43,12 +42,13 @@ class _QuietOrbax:
 logging.get_absl_logger().addFilter(_QuietOrbax())
 
 
-def _no_space(e: BaseException) -> bool:
+def _os_error(e: BaseException) -> OSError | None:
+  """The OSError behind an exception, if one is in its chain."""
   while e is not None:
-    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or 'No space left on device' in str(e):
-      return True
+    if isinstance(e, OSError):
+      return e
     e = e.__cause__ or e.__context__
-  return False
+  return None
 
 
 def _first_line(e: BaseException) -> str:
@@ -70,18 +70,25 @@ class Checkpointer:
 
   @contextlib.contextmanager
   def _writing(self, what: str):
-    """Turns a full disk into one WorkdirError that says what is intact."""
+    """Turns a failed save (a full disk, a lost folder, any error of orbax's writers) into one
+    WorkdirError that says what it was and which checkpoint is still there."""
     try:
       yield
-    except Exception as e:
-      if not _no_space(e):
-        raise
-      self._manager.reload()
-      steps = self._manager.all_steps()
-      intact = f'the checkpoint at step {max(steps)} is intact' if steps else 'no checkpoint was complete yet'
-      raise WorkdirError(
-        f'no space left on device while {what} in {self.directory}; {intact}: free some space and rerun to resume'
-      ) from None
+    except Exception as e:  # noqa: BLE001 (orbax raises OSError, ValueError, RuntimeError... from its threads)
+      cause = _os_error(e)
+      reason = f'{cause.strerror or cause}' if cause is not None else _first_line(e)
+      advice = workdir_lib.what_to_do(cause) if cause is not None else 'fix the cause, then rerun to resume'
+      if 'No space left on device' in str(e):
+        reason, advice = 'no space left on device', 'free some space, then rerun to resume'
+      try:
+        self._manager.reload()
+        steps = self._manager.all_steps()
+      except Exception:  # noqa: BLE001 (the folder itself may be gone)
+        steps = []
+      intact = (
+        f'the checkpoint at step {max(steps)} is intact' if steps else f'no complete checkpoint is in {self.directory}'
+      )
+      raise WorkdirError(f'{what} failed: {reason} in {self.directory}; {intact}: {advice}') from None
 
   def wait(self):
     with self._writing('writing a checkpoint'):

@@ -320,7 +320,7 @@ def parse_config(
   model = _parse_model(_section(config, 'model'), data.info, connectivity)
   optim_spec = optim.OptimSpec(**_section(config, 'optim'))
   total_steps = data.info.num_train // top['batch_size'] * top['num_epochs']
-  rewire = _parse_rewiring(_section(config, 'rewiring'), connectivity.kind, total_steps)
+  rewire = _parse_rewiring(_section(config, 'rewiring'), connectivity, total_steps)
   return RunSpec(**top, data=data, model=model, connectivity=connectivity, optim=optim_spec, rewiring=rewire)
 
 
@@ -382,7 +382,15 @@ def _size_field(model: models.ModelSpec, path: str, side: str) -> str:
   return 'model.mixer_channels' if outer else 'model.mixer_channels_mlp'
 
 
-def _parse_rewiring(fields: dict, kind: str, total_steps: int) -> rewiring.RewireSpec:
+def _no_absent_edge(spec: conn.ConnectivitySpec) -> bool:
+  """Whether the spec's layers have every edge present (nothing for a rewiring to grow into)."""
+  if spec.inter == 'tiles':
+    return spec.p_intra == 1 and spec.tile_density == 1
+  return spec.density >= 1
+
+
+def _parse_rewiring(fields: dict, spec: conn.ConnectivitySpec, total_steps: int) -> rewiring.RewireSpec:
+  kind = spec.kind
   prune, grow = fields['prune'], fields['grow']
   if (prune == 'none') != (grow == 'none'):
     field, value = ('rewiring.grow', grow) if grow == 'none' else ('rewiring.prune', prune)
@@ -392,6 +400,13 @@ def _parse_rewiring(fields: dict, kind: str, total_steps: int) -> rewiring.Rewir
     _fail('rewiring.prune', prune, "must be 'none' with connectivity.kind = 'dense' (nothing to rewire)")
   if enabled and fields['candidates'] == 'same_kind' and kind != 'g2g':
     _fail('rewiring.candidates', 'same_kind', f"needs connectivity.kind = 'g2g' (groups), not {kind!r}")
+  if enabled and _no_absent_edge(spec):
+    _fail(
+      'rewiring.prune',
+      prune,
+      'needs absent edges to grow, and every edge of these layers is present: set connectivity.tile_density < 1 '
+      '(0.5, say) for tiles, or connectivity.p_inter < 1 (or p_intra < 1)',
+    )
   end, start = fields['rewire_end_steps'], fields['rewire_start_steps']
   if end and end < start:
     _fail('rewiring.rewire_end_steps', end, f'must be 0 or >= rewiring.rewire_start_steps ({start})')

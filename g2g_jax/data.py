@@ -287,13 +287,41 @@ def _local_candidates(name: str, data_dir: str):
   return []
 
 
+# The files a local copy is made of, by dataset (a folder holding some of them is a broken copy).
+LOCAL_FILES = {
+  'fashion_mnist': (
+    'train-images-idx3-ubyte',
+    'train-labels-idx1-ubyte',
+    't10k-images-idx3-ubyte',
+    't10k-labels-idx1-ubyte',
+  ),
+  'cifar10': tuple(f'data_batch_{i}{ext}' for ext in ('.bin', '') for i in range(1, 6))
+  + ('test_batch.bin', 'test_batch'),
+  'cifar100': ('train', 'test'),
+}
+
+
 def load_local(name: str, data_dir: str) -> tuple | None:
-  """The first local copy found, as (arrays, directory), or None."""
+  """The first local copy found, as (arrays, directory), or None. A folder with some of the
+  files but not all, or a file that cannot be read, is a DataError naming the file."""
   for loader, directory in _local_candidates(name, data_dir):
     try:
       return loader(directory), directory
-    except DataNotFoundError:
+    except DataNotFoundError as e:
+      present = [
+        f
+        for f in LOCAL_FILES[name]
+        if os.path.exists(os.path.join(directory, f)) or os.path.exists(os.path.join(directory, f + '.gz'))
+      ]
+      if present:
+        raise DataError(
+          f'{e}: missing, though {directory} holds {", ".join(present)}: get the whole copy again'
+        ) from None
       continue
+    except OSError as e:  # a file there that cannot be read: a folder in its place, its permissions
+      raise DataError(
+        f'{e.filename or directory}: cannot be read ({e.strerror}); fix it or get the file again'
+      ) from None
   return None
 
 
@@ -413,7 +441,7 @@ def load_dataset(spec: DataSpec) -> Dataset:
   train_x, train_y, test_x, test_y = arrays
   info = DATASETS[name]
   if train_x.shape[1:] != info.image_shape or test_x.shape[1:] != info.image_shape:
-    raise ValueError(f'{name} from {where}: images {train_x.shape[1:]}, expected {info.image_shape}')
+    raise DataError(f'{name} from {where}: images {train_x.shape[1:]}, expected {info.image_shape}')
   return Dataset(name, where, kind, train_x, train_y, test_x, test_y, num_classes=info.num_classes)
 
 

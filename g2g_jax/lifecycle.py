@@ -100,11 +100,11 @@ def open_run(workdir: str, config_dict: dict, data_identity: dict, state, *, num
   run = RunContext(workdir, config_dict, data_identity, num_seeds)
   hosts.check_shared(workdir)
   with contextlib.ExitStack() as stack:
+    run.stop = stack.enter_context(interrupts.StopRequests())  # first in, last out: no signal cuts the cleanup
     lock = workdir_lib.Lock(workdir)  # held by process 0 for every process
     hosts.on_primary(lock.__enter__, 'locking the workdir')
     if hosts.is_primary():
       stack.push(lock)
-    run.stop = stack.enter_context(interrupts.StopRequests())
     run.ckpt = stack.enter_context(contextlib.closing(ckpt_lib.Checkpointer(workdir)))
     saved_meta = run.ckpt.meta() or {}
     saved = saved_meta.get('config') or workdir_lib.read_config(workdir)  # again, now that the workdir is ours

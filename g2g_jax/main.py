@@ -10,26 +10,35 @@ and --process_id. The workdir must be on a filesystem every host shares.
 A user's mistake or a fault is one line on stderr, `error: ...`, and a fixed exit status:
   2   usage and config errors (flags, the config file, a field's value, another run's workdir)
   3   data and workdir errors (a dataset not found or broken; a workdir in use, unwritable,
-      unreadable, or a full disk)
+      unreadable, or a file in it that cannot be written: a full disk, say)
   4   the run diverged (a non-finite loss); its last good checkpoint is intact
-  75  stopped by SIGTERM after saving a checkpoint (EX_TEMPFAIL: requeue and rerun to resume)
-  130 stopped by Ctrl-C (SIGINT) after saving a checkpoint; rerun to resume
+  75  stopped by SIGTERM (EX_TEMPFAIL: requeue and rerun to resume)
+  129 stopped by SIGHUP (the terminal closed); rerun to resume
+  130 stopped by Ctrl-C (SIGINT); rerun to resume
+During training a signal saves a checkpoint at the next step boundary first; before it
+(loading, compiling) the process ends at once, and nothing of the run is half written.
 """
 
-import os
-import signal
-import sys
+from g2g_jax import interrupts
 
-import jax
-import ml_collections
-from absl import app, flags, logging
-from ml_collections import config_flags
+if __name__ == '__main__':
+  interrupts.end_on_signals()  # before the slow imports: from here on a signal ends in one line
 
-from g2g_jax import hosts, train
-from g2g_jax.config import ConfigError
-from g2g_jax.data import DataError, DataNotFoundError
-from g2g_jax.interrupts import Stopped
-from g2g_jax.workdir import WorkdirError, check_path
+import logging as py_logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from g2g_jax import hosts, train  # noqa: E402
+from g2g_jax.config import ConfigError  # noqa: E402
+from g2g_jax.data import DataError, DataNotFoundError  # noqa: E402
+from g2g_jax.interrupts import Stopped  # noqa: E402
+from g2g_jax.workdir import WorkdirError, check_path  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Path to a config file (configs/*.py[:row]).', lock_config=True
@@ -42,15 +51,55 @@ _NUM_PROCESSES = flags.DEFINE_integer(
   'num_processes', 0, 'Processes of a multi-process run (with --coordinator_address).'
 )
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, "This process's index, 0 .. num_processes - 1.")
+_START_OVER = flags.DEFINE_bool(
+  'start_over',
+  False,
+  'Train a workdir whose records have no checkpoint to resume from again from step 0; its earlier records '
+  'are moved to WORKDIR/earlier/.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
-EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_SIGTERM, EXIT_SIGINT = 2, 3, 4, 75, 130
+EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED = 2, 3, 4
 
 
 def fail(message: str, status: int):
-  logging.error('%s', message)
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.exit(status)
+
+
+class _NoTracebacks(py_logging.Filter):
+  """Libraries that log a background failure (orbax, asyncio) keep their first line; the
+  traceback stays out of the terminal, where the run's own one-line error explains it."""
+
+  def filter(self, record) -> bool:
+    if record.exc_info and record.levelno >= py_logging.WARNING:
+      record.exc_info, record.exc_text = None, None
+      record.msg, record.args = str(record.getMessage()).split('\n')[0][:300], ()
+    return True
+
+
+def _quiet_background_errors():
+  """No traceback of a background thread or of a library's log reaches the terminal."""
+  for logger in (py_logging.getLogger(), logging.get_absl_logger(), py_logging.getLogger('asyncio')):
+    logger.addFilter(_NoTracebacks())
+  threading.excepthook = lambda args: logging.warning(
+    'a background thread (%s) failed: %s: %s',
+    args.thread.name if args.thread else '?',
+    args.exc_type.__name__,
+    args.exc_value,
+  )
+  sys.unraisablehook = _ignored_once
+
+
+_IGNORED = set()
+
+
+def _ignored_once(unraisable):
+  """A failure Python ignores (an exit hook's, say TensorBoard's last flush): one line the first time."""
+  line = f'warning: ignored {type(unraisable.exc_value).__name__}: {unraisable.exc_value}'
+  if line not in _IGNORED:  # logging may be gone at exit: print
+    _IGNORED.add(line)
+    print(line, file=sys.stderr, flush=True)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -89,11 +138,15 @@ def load_config() -> ml_collections.ConfigDict:
   except Exception as e:  # noqa: BLE001 (a missing file, a syntax error, get_config raising)
     fail(f'--config={path}: {_why(e)}', EXIT_CONFIG)
   if not isinstance(config, ml_collections.ConfigDict):
-    fail(f'--config={path}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict', 2)
+    fail(
+      f'--config={path}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict', EXIT_CONFIG
+    )
   return config
 
 
 def main(argv):
+  interrupts.end_on_signals()
+  _quiet_background_errors()
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}', EXIT_CONFIG)
   config = load_config()
@@ -110,7 +163,7 @@ def main(argv):
   hosts.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   logging.info('JAX %s on %s: %s', jax.__version__, jax.default_backend(), jax.devices())
   try:
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, start_over=_START_OVER.value)
   except ConfigError as e:
     fail(str(e), EXIT_CONFIG)
   except (DataNotFoundError, DataError, WorkdirError) as e:
@@ -118,9 +171,13 @@ def main(argv):
   except FloatingPointError as e:
     fail(str(e), EXIT_DIVERGED)
   except Stopped as e:
-    fail(str(e), EXIT_SIGTERM if e.signum == signal.SIGTERM else EXIT_SIGINT)
-  except KeyboardInterrupt:
-    fail('interrupted; the last checkpoint in the workdir is intact: rerun the command to resume', EXIT_SIGINT)
+    fail(str(e), interrupts.EXIT_STATUS[e.signum])
+  except OSError as e:  # a file the run writes, and none of the above named it
+    where = f'{e.filename}: ' if e.filename else ''
+    fail(
+      f'{where}{e.strerror or e}: fix the cause and rerun; a rerun resumes from the last checkpoint in {workdir}',
+      EXIT_DATA,
+    )
 
 
 if __name__ == '__main__':

@@ -54,11 +54,14 @@ class MetricWriter:
     if primary and (kept != on_disk or not _ends_whole(self.path)):
       self._rewrite()
     self._tb = None
+    self._tb_dir = os.path.join(workdir, 'tensorboard')
     if tensorboard and primary:
       from tensorboardX import SummaryWriter  # noqa: PLC0415 (optional, slow import)
 
       purge = resume_step + 1 if resume_step else None  # drop points after the restored step
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=purge)
+      with workdir_lib.writing(self._tb_dir):
+        self._tb = SummaryWriter(self._tb_dir, purge_step=purge)
+        self._tb.flush()
 
   def records(self) -> list[dict]:
     """The records written so far, oldest first."""
@@ -66,11 +69,16 @@ class MetricWriter:
 
   def _rewrite(self):
     tmp = f'{self.path}.tmp{os.getpid()}'
-    with workdir_lib.writing(self.path), open(tmp, 'w') as f:
-      f.writelines(json.dumps(r, allow_nan=False) + '\n' for r in self._records)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, self.path)
+    try:
+      with workdir_lib.writing(self.path), open(tmp, 'w') as f:
+        f.writelines(json.dumps(r, allow_nan=False) + '\n' for r in self._records)
+        f.flush()
+        os.fsync(f.fileno())
+      with workdir_lib.writing(self.path):
+        os.replace(tmp, self.path)
+    finally:
+      if os.path.exists(tmp):  # a failed rewrite leaves the file as it was
+        os.remove(tmp)
 
   def write(self, record: dict):
     record = _plain(record)
@@ -83,14 +91,16 @@ class MetricWriter:
       f.flush()
       os.fsync(f.fileno())
     if self._tb is not None:
-      for key, value in record.items():
-        if key != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool):
-          self._tb.add_scalar(key, value, record['step'])
-      self._tb.flush()
+      with workdir_lib.writing(self._tb_dir):
+        for key, value in record.items():
+          if key != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool):
+            self._tb.add_scalar(key, value, record['step'])
+        self._tb.flush()
 
   def close(self):
     if self._tb is not None:
-      self._tb.close()
+      with workdir_lib.writing(self._tb_dir):
+        self._tb.close()
 
 
 def _ends_whole(path: str) -> bool:
@@ -240,8 +250,9 @@ def rewire_record(step: int, seconds: float, info: dict, num_seeds: int) -> tupl
       summary[key] = float(np.mean(known)) if known else None
     groups = f' intra {summary["intra"]:.0f} inter {summary["inter"]:.0f}' if 'intra' in summary else ''
     turnover = f' turnover {summary["turnover"]:.3f}' if summary['turnover'] is not None else ''
+    regrown = f' (regrown in place {summary["regrown"]:.0f})' if summary.get('regrown') else ''
     parts.append(
-      f'{layer}: -{summary["pruned"]:.0f} +{summary["grown"]:.0f}{groups} '
+      f'{layer}: -{summary["pruned"]:.0f} +{summary["grown"]:.0f}{regrown}{groups} '
       f'|w|pruned {summary["pruned_mean_abs_weight"]:.4f}{turnover}'
     )
   mean = f' (mean of {num_seeds} seeds)' if num_seeds > 1 else ''

@@ -49,6 +49,13 @@ class RewireSpec:
   hebbian_batches: int = 1  # the score averages over this many most recent training batches
   reset_optimizer_state: bool = True  # zero the optimizer moments of pruned and grown entries
 
+  def __post_init__(self):
+    if self.fraction_schedule == 'cosine' and self.enabled and self.rewire_end_steps == 0:
+      raise ValueError(
+        "RewireSpec.fraction_schedule = 'cosine' decays the fraction to 0 at rewire_end_steps, which is 0 "
+        "(no end): set rewire_end_steps to the last step to rewire at (the run's last step, say)"
+      )
+
   @property
   def enabled(self) -> bool:
     return self.prune != 'none' and self.grow != 'none'
@@ -228,13 +235,23 @@ def rewire(params, opt_state, sparsity, batches, rng, *, spec, tx, step, apply_f
 
   Returns:
     (params, opt_state, sparsity, info): pruned weights and grown ones are 0; with
-    spec.reset_optimizer_state the moments of both are 0. info maps each layer name to
-    pruned and grown counts, intra- and inter-group edge counts after the update, the mean
-    |w| of pruned edges and the turnover (share of the previous update's grown edges pruned
+    spec.reset_optimizer_state the moments of both are 0. info maps each layer name to the
+    edges the mask lost (pruned) and gained (grown), those pruned and grown back in place
+    (regrown: reset to 0), intra- and inter-group edge counts after the update, the mean |w|
+    of the pruned edges and the turnover (share of the previous update's grown edges pruned
     now; -1 before any).
   """
   paths = sparse_paths(sparsity.masks)
   names = conn.layer_names(paths)
+  flat_shapes = traverse_util.flatten_dict(sparsity.masks)
+  for path, active in zip(paths, sparsity.active_edges, strict=True):
+    if active >= flat_shapes[path].size:
+      raise ValueError(
+        f'{"/".join(path)}: all {active} edges are present, so none can grow; a tiled layer needs '
+        'tile_density < 1 or p_intra < 1, a scattered one a density below 1'
+      )
+  if spec.candidates == 'same_kind' and sparsity.groups is None and not sparsity.layout:
+    raise ValueError("RewireSpec.candidates = 'same_kind' needs groups: a 'g2g' ConnectivitySpec's layers")
 
   def variables_of(p):
     return {'params': p} if sparsity.layout is None else {'params': p, 'layout': sparsity.layout}
@@ -270,8 +287,9 @@ def rewire(params, opt_state, sparsity, batches, rng, *, spec, tx, step, apply_f
     changed[path] = pruned | grown
     n_pruned, n_last = jnp.sum(pruned), jnp.sum(last_grown)
     layer_info = {
-      'pruned': n_pruned,
-      'grown': jnp.sum(grown),
+      'pruned': jnp.sum(mask & ~mask_after),  # edges the mask lost
+      'grown': jnp.sum(mask_after & ~mask),  # edges it gained
+      'regrown': jnp.sum(pruned & grown),  # pruned and grown back in place: weight and moments reset
       'active': jnp.sum(mask_after),
       'pruned_mean_abs_weight': jnp.sum(jnp.abs(kernel) * pruned) / jnp.maximum(n_pruned, 1),
       'turnover': jnp.where(n_last > 0, jnp.sum(last_grown & pruned) / jnp.maximum(n_last, 1), -1.0),

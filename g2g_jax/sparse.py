@@ -12,6 +12,7 @@ The project's own G2GNet and training loop are built on the same functions.
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from g2g_jax import connectivity as conn
 from g2g_jax import rewiring, tiles
@@ -33,6 +34,39 @@ __all__ = [
 ]
 
 
+def check(params, spec: ConnectivitySpec, layout=None):
+  """A ValueError naming the path, the size and the rule unless spec.sparse_kernels picks
+  kernels these params can make sparse: [in, out] matrices (or tiled kernels with a layout),
+  each side a multiple of the groups for G2G connectivity."""
+  if spec.kind == 'dense':
+    return
+  if not spec.sparse_kernels:
+    raise ValueError(
+      "ConnectivitySpec.sparse_kernels is '': name the kernels to make sparse, a pattern over "
+      "'/'-joined param paths such as 'head/hidden_*/kernel'"
+    )
+  flat = traverse_util.flatten_dict(params)
+  paths = conn.sparse_layer_paths(params, spec.sparse_kernels)
+  if not paths:
+    kernels = sorted('/'.join(p) for p, v in flat.items() if np.ndim(v) >= 2)[:6]
+    raise ValueError(f'ConnectivitySpec.sparse_kernels = {spec.sparse_kernels!r} matches no param; kernels: {kernels}')
+  tiled = traverse_util.flatten_dict(layout) if layout else {}
+  for path in paths:
+    name, shape = '/'.join(path), np.shape(flat[path])
+    if len(shape) == 4 and (*path[:-1], 'in_order') in tiled:
+      continue  # a TiledDense kernel: its layout was checked when its plan was made
+    if len(shape) != 2:
+      raise ValueError(
+        f'{name}: shape {shape} matched ConnectivitySpec.sparse_kernels, but only a kernel [in, out] can be made sparse'
+      )
+    for side, n in zip(('input', 'output'), shape, strict=True):
+      if spec.kind == 'g2g' and (n < spec.num_groups or n % spec.num_groups):
+        raise ValueError(
+          f'{name}: its {side} size {n} must be a multiple of ConnectivitySpec.num_groups ({spec.num_groups}) '
+          'for G2G groups'
+        )
+
+
 def sparsify(params, spec: ConnectivitySpec, seed: int, layout=None) -> tuple[dict, Sparsity]:
   """Draws the masks of the kernels matching spec.sparse_kernels (their layout too, for
   TiledDense layers: pass the model's 'layout' collection), zeroes the pruned weights and
@@ -40,6 +74,7 @@ def sparsify(params, spec: ConnectivitySpec, seed: int, layout=None) -> tuple[di
 
   Returns the params and the Sparsity (masks, groups, layout, active edges) to train with.
   """
+  check(params, spec, layout)
   if layout is None:
     masks = conn.make_masks(params, spec, seed)
   else:

@@ -49,13 +49,21 @@ def check_path(workdir: str) -> str:
 
 @contextlib.contextmanager
 def writing(path: str):
-  """Turns a failed write to path (a full disk, a lost permission) into one WorkdirError."""
+  """Turns a failed write to path (a full disk, a lost permission, any errno) into one WorkdirError."""
   try:
     yield
+  except WorkdirError:
+    raise
   except OSError as e:
-    if isinstance(e, WorkdirError) or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-      raise
-    raise WorkdirError(f'cannot write {path} ({e.strerror}): free some space or fix the folder, then rerun') from None
+    raise WorkdirError(f'cannot write {path} ({e.strerror or e}): {what_to_do(e)}') from None
+
+
+def what_to_do(e: OSError) -> str:
+  if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return 'free some space, then rerun to resume'
+  if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    return 'make the folder writable, then rerun to resume'
+  return 'fix the folder or the disk, then rerun to resume'
 
 
 class Lock:
@@ -66,25 +74,34 @@ class Lock:
     self._file = None
 
   def __enter__(self):
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    f = open(self.path, 'a+')  # noqa: SIM115 (held until __exit__)
+    new = not os.path.exists(self.path)
+    with writing(self.path):
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      f = open(self.path, 'a+b', buffering=0)  # noqa: SIM115 (held until __exit__; unbuffered: close never writes)
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
       f.seek(0)
-      holder = f.read().strip() or 'another process'
+      holder = f.read().decode(errors='replace').strip() or 'another process'
       f.close()
       if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
         raise WorkdirError(
           f'workdir {os.path.dirname(self.path)} is in use by another run ({holder}): '
           'wait for it to end, or use another --workdir'
         ) from None
+      raise WorkdirError(f'cannot lock {self.path} ({e.strerror}): {what_to_do(e)}') from None
+    try:
+      with writing(self.path):
+        f.seek(0)
+        f.truncate()
+        now = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+        f.write(f'pid {os.getpid()} on {socket.gethostname()} since {now}\n'.encode())
+    except WorkdirError:
+      if new:  # leave the workdir as it was
+        os.remove(self.path)
+      fcntl.flock(f, fcntl.LOCK_UN)
+      f.close()
       raise
-    f.seek(0)
-    f.truncate()
-    now = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
-    f.write(f'pid {os.getpid()} on {socket.gethostname()} since {now}\n')
-    f.flush()
     self._file = f
     return self
 
@@ -97,11 +114,16 @@ class Lock:
 def write_json(path: str, obj):
   """Writes obj as JSON to path whole or not at all (a temporary file, then a rename)."""
   tmp = f'{path}.tmp{os.getpid()}'
-  with writing(path), open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, allow_nan=False)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with writing(path), open(tmp, 'w') as f:
+      json.dump(obj, f, indent=2, allow_nan=False)
+      f.flush()
+      os.fsync(f.fileno())
+    with writing(path):
+      os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):  # a failed write leaves nothing half-written behind
+      os.remove(tmp)
 
 
 def read_config(workdir: str) -> dict | None:

@@ -29,7 +29,7 @@ def run(argv: list[str], timeout_s: int = 120) -> dict:
       try:
         app.run(main.main, flags_parser=main.parse_flags)
       except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
       finally:
         sys.stdout.flush()
         sys.stderr.flush()

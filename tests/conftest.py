@@ -77,13 +77,21 @@ def synthetic_batches(config, n):
   ]
 
 
-def run_cli(*args, cwd=ROOT, timeout=300, prefix=None):
-  """`python -m g2g_jax.main ARGS` (or `python PREFIX... ARGS`) in a subprocess."""
+def run_cli(*args, cwd=ROOT, timeout=300, prefix=None, env=None):
+  """`python -m g2g_jax.main ARGS` (or `python PREFIX... ARGS`) in a subprocess; env adds to the
+  environment."""
   import subprocess
   import sys
 
   cmd = [sys.executable, *(prefix or ['-m', 'g2g_jax.main'])]
-  return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [*cmd, *args],
+    cwd=cwd,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env={**os.environ, **(env or {})},
+  )
 
 
 def run_cli_cases(cases: list[list[str]], cwd=ROOT) -> list[dict]:
@@ -99,8 +107,10 @@ def run_cli_cases(cases: list[list[str]], cwd=ROOT) -> list[dict]:
 
 
 def one_error_line(output: str) -> str:
-  """The one `error: ...` line of a command's output, which must hold no traceback."""
+  """The one `error: ...` line of a command's output, which must hold no traceback, and whose
+  message the output holds only once."""
   assert 'Traceback' not in output, output[-3000:]
   errors = [line for line in output.splitlines() if line.startswith('error: ')]
   assert len(errors) == 1, output[-3000:]
+  assert output.count(errors[0][len('error: ') :]) == 1, output[-3000:]  # not logged a second time
   return errors[0]

@@ -2,11 +2,13 @@
 thing, a fixed exit status, nothing mixed or lost, and a resume that equals an uninterrupted
 run wherever a run can go on."""
 
+import dataclasses
 import errno
 import glob
 import gzip
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -160,7 +162,7 @@ def write_idx(path, array, gz):
 
 
 def fashion_files(directory, n_train=6, n_labels=6, label=3):
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(0)  # the same pixels at every call
   write_idx(f'{directory}/train-images-idx3-ubyte', rng.integers(0, 256, (n_train, 28, 28)), gz=True)
   write_idx(f'{directory}/train-labels-idx1-ubyte', np.full(n_labels, label), gz=False)
   write_idx(f'{directory}/t10k-images-idx3-ubyte', rng.integers(0, 256, (4, 28, 28)), gz=False)
@@ -396,3 +398,175 @@ def test_a_lost_metrics_file_comes_back_from_the_checkpoint(tmp_path, straight, 
   else:
     (tmp_path / 'metrics.jsonl').write_text('')
   assert_resumes_exactly(tmp_path, straight)
+
+
+# 12. A run's identity is its data.
+
+
+def test_a_resume_on_other_data_is_refused_naming_each_difference(tmp_path, monkeypatch):
+  sizes = dataclasses.replace(data.DATASETS['fashion_mnist'], num_train=64, num_test=4)
+  monkeypatch.setitem(data.DATASETS, 'fashion_mnist', sizes)
+  (tmp_path / 'data').mkdir()
+  fashion_files(tmp_path / 'data', n_train=64, n_labels=64)
+  config = smoke()
+  config.data.name, config.data.source, config.data.dir = 'fashion_mnist', 'local', str(tmp_path / 'data')
+  config.data.synthetic_num_train, config.data.synthetic_num_test = 64, 4  # the same sizes either way
+  config.eval_batch_size, config.halt_after_steps = 4, 2
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  config.halt_after_steps = 0
+  config.data.source = 'synthetic'  # a runtime field: where to look, not what was found
+  with pytest.raises(
+    ConfigError, match=r"holds a run on other data \(data.sha1: .*; data.source: 'local' -> 'synthetic'\)"
+  ):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  config.data.source = 'local'
+  fashion_files(tmp_path / 'data', n_train=64, n_labels=64, label=4)  # the same files, other labels
+  with pytest.raises(ConfigError, match=r'holds a run on other data \(data.sha1: '):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert [r['step'] for r in records(str(tmp_path / 'run'))] == [2] and os.listdir(
+    tmp_path / 'run' / 'checkpoints'
+  ) == ['2']
+
+
+# 13. Records without a checkpoint: never discarded silently.
+
+
+def test_records_without_a_checkpoint_are_kept_unless_told_to_start_over(tmp_path, straight):
+  halted(tmp_path)
+  shutil.rmtree(tmp_path / 'checkpoints')
+  kept = (tmp_path / 'metrics.jsonl').read_text()
+  with pytest.raises(workdir_lib.WorkdirError, match='has 1 records up to step 8 in metrics.jsonl but no checkpoint'):
+    train.train_and_evaluate(smoke(), str(tmp_path))
+  assert (tmp_path / 'metrics.jsonl').read_text() == kept
+  train.train_and_evaluate(smoke(), str(tmp_path), start_over=True)
+  (earlier,) = glob.glob(str(tmp_path / 'earlier' / '*'))
+  assert open(f'{earlier}/metrics.jsonl').read() == kept and os.path.isdir(f'{earlier}/tensorboard')
+  assert strip(records(str(tmp_path))) == straight[1]
+  chex.assert_trees_all_equal(final_state(smoke(), str(tmp_path)).params, straight[0].params)
+
+
+def test_start_over_from_the_command_line(tmp_path):
+  halted(tmp_path, step=8)
+  shutil.rmtree(tmp_path / 'checkpoints')
+  args = ['--config=configs/smoke.py', f'--workdir={tmp_path}', '--config.progress=none']
+  refused, again = run_cli_cases([args, [*args, '--start_over']])
+  assert refused['code'] == 3 and 'rerun with --start_over' in one_error_line(refused['output'])
+  assert again['code'] == 0, again['output'][-2000:]
+  assert [r['step'] for r in records(str(tmp_path))] == [8, 16] and glob.glob(str(tmp_path / 'earlier' / '*'))
+
+
+# 14. Signals at any moment: before training, twice, SIGHUP.
+
+
+def caught_signals(pid: int) -> int:
+  with open(f'/proc/{pid}/status') as f:
+    return int(next(line for line in f if line.startswith('SigCgt:')).split()[1], 16)
+
+
+def test_a_signal_before_training_ends_at_once_with_its_status_and_one_line(tmp_path):
+  args = ['--config=configs/smoke.py', f'--workdir={tmp_path}', '--config.progress=none']
+  proc = subprocess.Popen([sys.executable, '-m', 'g2g_jax.main', *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 60
+    while not caught_signals(proc.pid) & (1 << (signal.SIGHUP - 1)):  # the command line's handlers are in place
+      assert time.time() < deadline and proc.poll() is None
+      time.sleep(0.01)
+    proc.send_signal(signal.SIGHUP)  # JAX is still loading
+    _, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 129, err[-2000:]
+  assert 'interrupted by SIGHUP outside training' in one_error_line(err)
+  assert not glob.glob(str(tmp_path / 'checkpoints' / '*'))
+
+
+@pytest.mark.parametrize('signum,status', [(signal.SIGTERM, 75), (signal.SIGHUP, 129)])
+def test_a_second_signal_while_stopping_keeps_the_first_ones_status(tmp_path, signum, status):
+  args = ['--config=configs/smoke.py', f'--workdir={tmp_path}', '--config.num_epochs=500', '--config.progress=none']
+  proc = subprocess.Popen([sys.executable, '-m', 'g2g_jax.main', *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 120
+    while not glob.glob(str(tmp_path / 'checkpoints' / '[0-9]*')):  # training has begun
+      assert time.time() < deadline and proc.poll() is None
+      time.sleep(0.2)
+    proc.send_signal(signum)
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == status, err[-2000:]
+  line = one_error_line(err)
+  assert f'stopped by {signal.Signals(signum).name} at step' in line and 'already stopping' in err
+  step = int(line.split('at step ')[1].split(';')[0])
+  assert str(step) in os.listdir(tmp_path / 'checkpoints')
+
+
+# 15. Any write that fails, on any file of the run: one line, status 3, nothing lost.
+
+
+def file_size_limited(limit: int) -> list[str]:
+  """A run_cli prefix: the command line, with writes past `limit` bytes failing with EFBIG (not
+  killing the process with SIGXFSZ, the default)."""
+  code = (
+    'import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); '
+    f'resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); '
+    "os.execv(sys.executable, [sys.executable, '-m', 'g2g_jax.main', *sys.argv[1:]])"
+  )
+  return ['-c', code]
+
+
+@pytest.mark.parametrize('limit', [0, 100, 1000, 5000])  # the lock, TensorBoard, metrics.jsonl, a checkpoint
+def test_a_failed_write_anywhere_is_one_line_naming_the_file_and_the_run_resumes(tmp_path, straight, limit):
+  halted(tmp_path, step=8)
+  kept = {name: (tmp_path / name).read_bytes() for name in ('metrics.jsonl', 'config.json')}
+  env = {'JAX_COMPILATION_CACHE_DIR': ''}  # the cache's own writes would fail first
+  r = run_cli(
+    '--config=configs/smoke.py',
+    f'--workdir={tmp_path}',
+    '--config.progress=none',
+    env=env,
+    prefix=file_size_limited(limit),
+  )
+  assert r.returncode == 3, r.stderr[-3000:]
+  line = one_error_line(r.stderr)
+  assert str(tmp_path) in line and 'rerun' in line  # EFBIG: 'File too large', or tensorstore's OUT_OF_RANGE
+  for name, content in kept.items():
+    assert (tmp_path / name).read_bytes()[: len(content)] == content  # nothing written is lost
+  assert_resumes_exactly(tmp_path, straight)
+
+
+# 16. load_run needs no mesh.
+
+
+def test_load_run_loads_on_any_number_of_devices(tmp_path):
+  config = smoke()
+  config.num_devices = 2  # the suite has 4
+  train.train_and_evaluate(config, str(tmp_path))
+  code = f'import g2g_jax; run = g2g_jax.load_run({str(tmp_path)!r}); print(int(run.state.step))'
+  for devices in (1, 3):  # fewer than the run's, and a count its batch of 32 does not split over
+    env = {'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+    r = run_cli(prefix=['-c', code], env=env)
+    assert r.returncode == 0 and r.stdout.split()[-1] == '16', r.stderr[-2000:]
+
+
+# 17. The step loop on several CPU devices.
+
+
+@pytest.mark.parametrize('devices', [2, 4])
+def test_the_step_loop_never_deadlocks_on_several_cpu_devices(tmp_path, devices):
+  """Fashion-MNIST-sized steps, 64 of them with no metrics read in between: before one program
+  was kept in flight, XLA:CPU aborted in an all-reduce within seconds, 2 of 2 times."""
+  r = run_cli(
+    '--config=configs/fashion_mnist.py',
+    f'--workdir={tmp_path}',
+    '--config.num_epochs=1',
+    '--config.data.source=synthetic',
+    '--config.data.synthetic_num_train=16384',
+    '--config.data.synthetic_num_test=1000',
+    '--config.log_every_steps=1000',
+    '--config.progress=none',
+    env={'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAX_DISABLE_MOST_OPTIMIZATIONS': '0'},
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert [row['step'] for row in records(str(tmp_path))] == [64]

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -115,6 +117,7 @@ def test_committed_readme_is_what_the_committed_results_give():
     (['table1', '--seeds=0'], '--seeds=0: must be at least 1'),
     (['table1', '--only=G2G', '--dataset=smoke'], "--only ['G2G']: not in study table1"),
     (['table1', '--set=connectivity.p_inter=0.5', '--dataset=smoke'], 'only runtime fields may be set'),
+    (['table1', '--set=halt_after_steps=10', '--dataset=smoke'], 'it stops a run before its end'),
     (['table2'], "study ['table2']: expected one or more of table1"),
     (['table1', '--seeds=2', '--first_seed=2'], '--first_seed=2: must be at least 0 and below --seeds=2'),
     (['table1', '--jobs=0'], '--jobs=0: must be at least 1'),
@@ -123,74 +126,91 @@ def test_committed_readme_is_what_the_committed_results_give():
 )
 def test_runner_rejects_bad_arguments_by_name(args, message, tmp_path):
   r = script('run.py', *args, f'--results_dir={tmp_path}')
-  assert r.returncode == 2 and message in r.stderr, r.stderr
+  assert r.returncode == 2 and r.stderr.strip() == f'error: {r.stderr.strip()[7:]}' and message in r.stderr, r.stderr
   assert not os.listdir(tmp_path)
 
 
-def test_commit_is_named_by_g2g_commit_when_set(monkeypatch):
+def test_a_results_line_needs_the_whole_run():
   import run  # noqa: PLC0415 (experiments/reproduce/run.py)
 
-  monkeypatch.delenv('G2G_COMMIT', raising=False)
-  here = run._commit()
-  assert here and here != 'unknown'  # this checkout's own commit
-  monkeypatch.setenv('G2G_COMMIT', 'abc1234')
-  assert run._commit() == 'abc1234'
+  evals = [{'kind': 'eval', 'step': 8 * e, 'epoch': e, 'test_accuracy': 0.5, 'best_test_accuracy': 0.5} for e in (1, 2)]
+  with pytest.raises(run.RunnerError, match='the run ended at epoch 2 of 3: a results line needs the whole run'):
+    run.summarize(evals, num_epochs=3)
+  with pytest.raises(run.RunnerError, match='ended at before its first evaluation of 3'):
+    run.summarize([{'kind': 'rewire', 'step': 4, 'seconds': 0.1}], num_epochs=3)
 
 
-def test_report_keeps_cpu_and_gpu_timings_apart():
-  import report  # noqa: PLC0415 (experiments/reproduce/report.py)
+def test_a_broken_results_file_is_one_line_naming_it_and_a_half_written_last_line_is_skipped(tmp_path):
+  (tmp_path / 'smoke.jsonl').write_text('{"key": "a", "seed": 0}\nnot json\n{"key": "b", "seed": 0}\n')
+  for name in ('run.py', 'report.py'):
+    extra = ['table1', '--dataset=smoke', '--seeds=1'] if name == 'run.py' else [f'--out_dir={tmp_path}', '--check']
+    r = script(name, *extra, f'--results_dir={tmp_path}')
+    assert (
+      r.returncode == 3
+      and r.stderr.strip()
+      == f'error: {tmp_path}/smoke.jsonl: line 2 is not a results record '
+      '(Expecting value: line 1 column 1 (char 0)); fix or remove that line'
+    ), r.stderr
+  import run  # noqa: PLC0415 (experiments/reproduce/run.py)
 
-  def rec(backend, wall):
-    return {'backend': backend, 'wall_seconds': wall}
-
-  cpu_only = [rec('cpu', 100.0), rec('cpu', 120.0)]
-  assert report._timing(cpu_only, report._wall_cell) == '110'
-  mixed = [rec('gpu', 10.0), rec('cpu', 100.0), rec('gpu', 30.0)]
-  assert report._timing(mixed, report._wall_cell) == '100 (1); GPU 20 (2)'
-
-
-def test_budget_points_match_their_head_parameter_budget():
-  from g2g_jax import connectivity as conn  # noqa: PLC0415
-
-  for width, budget in studies.SCATTERED_POINTS + studies.TILED_POINTS:
-    groups, p_inter = studies.budget_connectivity(width, studies.BUDGETS[budget])
-    assert 1024 % groups == 0 and 512 % groups == 0
-    density = conn.expected_density(groups, 1.0, p_inter)
-    assert conn.mlp_param_count(512, [width] * 3, 10, density) == pytest.approx(studies.BUDGETS[budget], rel=1e-2)
-    assert 1 / groups <= density <= 3 / groups  # intra edges about half of a layer's
-  assert studies.budget_connectivity(1024, 0.69e6) == (8, 0.1522)  # the paper's G = 8, p' = 0.15, nearly
-  for w in studies.DENSE_WIDTHS[:2]:
-    assert conn.param_matched_width(512, 3, 10, conn.mlp_param_count(512, [w] * 3, 10)) == w
-  names = {e.name for e in studies.STUDIES['budget']}
-  assert len(names) == len(studies.STUDIES['budget'])
-  by_name = {(s, e.name): e for s, entries in studies.STUDIES.items() for e in entries}
-  key = lambda s, n: studies.run_key('cifar10', by_name[(s, n)])[0]  # noqa: E731
-  assert key('budget', 'dense w=1024 (FC v2)') == key('init', 'FC v2 / he_normal')  # shared runs
-  assert key('budget', 'G2G w=1024 0.69M') == key('init', 'G2G mixer / he_normal')
+  (tmp_path / 'smoke.jsonl').write_text('{"key": "a", "seed": 0}\n{"key": "b", "se')
+  assert run.read_results(str(tmp_path / 'smoke.jsonl')) == [{'key': 'a', 'seed': 0}]
 
 
-def test_two_shards_at_once_run_every_run_exactly_once(tmp_path):
-  only = ['--only=FC v1', '--only=ER', '--only=G2G mixer']  # three of table1's five runs: 2 + 1
-  common = ['table1', '--dataset=smoke', '--seeds=1', *only, f'--results_dir={tmp_path}/results']
+def test_a_failed_run_and_a_timeout_are_one_line_each_and_a_timed_out_run_resumes(tmp_path):
+  common = ['table1', '--dataset=smoke', '--seeds=1', '--only=FC v2', f'--results_dir={tmp_path}/r']
   common += [f'--work_root={tmp_path}/w', f'--jax_cache={os.environ["JAX_COMPILATION_CACHE_DIR"]}']
-  procs = [
-    subprocess.Popen(
-      [sys.executable, os.path.join(REPRO, 'run.py'), *common, f'--shard={k}/2'],
-      cwd=ROOT,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for k in (0, 1)
-  ]
-  outs = [p.communicate(timeout=600) for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
-  assert '(shard 0 of 2): 2 run(s) to do' in outs[0][0] and '(shard 1 of 2): 1 run(s) to do' in outs[1][0]
-  records = lines(f'{tmp_path}/results/smoke.jsonl')
-  keys = [(r['key'], r['seed']) for r in records]
-  assert len(keys) == len(set(keys)) == len(only)
-  assert sorted(r['name'] for r in records) == ['ER', 'FC v1', 'G2G mixer']
-  again = script('run.py', *common, '--shard=1/2')
-  assert again.returncode == 0 and '0 run(s) to do' in again.stdout
-  r = script('report.py', f'--results_dir={tmp_path}/results', f'--out_dir={tmp_path}')
-  assert r.returncode == 0 and '| G2G mixer | torch | 1 |' in (tmp_path / 'README.md').read_text()
+  failed = script('run.py', *common, '--set=data.dir=/nonexistent', '--set=data.source=local')
+  (line,) = [x for x in failed.stderr.splitlines() if x.startswith('error: ')]
+  assert failed.returncode == 1 and 'Traceback' not in failed.stderr
+  assert (
+    line.startswith("error: table1/FC v2 seed 0 failed (exit 2): config.data.source = 'local': must be")
+    and 'failed.log' in line
+  )
+  timed_out = script('run.py', *common, '--timeout=0.5')  # a SIGTERM while it loads or trains: it stops cleanly
+  assert timed_out.returncode == 1 and timed_out.stderr.strip() == (
+    'error: table1/FC v2 seed 0 ran out of its 0.5 s (--timeout) and stopped: rerun to resume it'
+  ), timed_out.stderr
+  assert not os.path.exists(f'{tmp_path}/r/smoke.jsonl')
+  again = script('run.py', *common)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert [r['name'] for r in lines(f'{tmp_path}/r/smoke.jsonl')] == ['FC v2']
+
+
+def child_ready(workdir_part: str) -> bool:
+  """Whether a training process of this workdir runs and has its signal handlers in place."""
+  pids = subprocess.run(['pgrep', '-f', f'g2g_jax.main.*{workdir_part}'], capture_output=True, text=True).stdout.split()
+  for pid in pids:
+    try:
+      with open(f'/proc/{pid}/status') as f:
+        caught = int(next(line for line in f if line.startswith('SigCgt:')).split()[1], 16)
+    except (OSError, StopIteration):
+      continue
+    if caught & (1 << (signal.SIGTERM - 1)):
+      return True
+  return False
+
+
+def test_a_signal_to_the_runner_stops_its_run_and_leaves_no_orphan(tmp_path):
+  common = ['table1', '--dataset=smoke', '--seeds=1', '--only=FC v2', f'--results_dir={tmp_path}/r']
+  common += [f'--work_root={tmp_path}/w', f'--jax_cache={os.environ["JAX_COMPILATION_CACHE_DIR"]}']
+  proc = subprocess.Popen(
+    [sys.executable, os.path.join(REPRO, 'run.py'), *common],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    deadline = time.time() + 120
+    while not child_ready(f'{tmp_path}/w'):
+      assert time.time() < deadline and proc.poll() is None
+      time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # passed on: the run ends at once, or at a step boundary after a checkpoint
+    _, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 75 and err.startswith('error: table1/FC v2 seed 0 stopped ('), err
+  assert 'SIGTERM' in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
+  assert not os.path.exists(f'{tmp_path}/r/smoke.jsonl')
+  assert not child_ready(f'{tmp_path}/w')  # no orphan holds the workdir

@@ -184,7 +184,9 @@ def test_update_invariants_for_every_prune_and_grow_pair(smoke_config, candidate
       n = int(round(0.25 * m0.sum()))
       where = (prune, grow, name)
       assert m1.sum() == m0.sum(), where  # density exactly constant
-      assert int(info[name]['pruned']) == n == int(info[name]['grown']) == g.sum(), where
+      # The counts are the mask's changes; the selection (n each way) adds the edges regrown in place.
+      assert int(info[name]['pruned']) == (m0 & ~m1).sum() == int(info[name]['grown']) == (m1 & ~m0).sum(), where
+      assert int(info[name]['pruned']) + int(info[name]['regrown']) == n == g.sum(), where
       assert not np.any(g & ~m1)
       assert np.all(w1[~m1] == 0), where  # pruned (and absent) weights are 0
       assert np.all(w1[g] == 0), where  # grown weights are born at 0
@@ -251,6 +253,14 @@ def test_rewiring_config_errors(smoke_config):
   smoke_config.rewiring.fraction = 1.5
   with pytest.raises(ConfigError, match=r'config.rewiring.fraction = 1.5: must be in \[0.0, 1.0\]'):
     parse_config(smoke_config, device_count=4)
+  smoke_config.rewiring.fraction = 0.1
+  smoke_config.connectivity.inter = 'tiles'  # tile_density 1: the present tiles are full, nothing to grow into
+  with pytest.raises(
+    ConfigError, match=r"config.rewiring.prune = 'hebbian': needs absent edges .*connectivity.tile_density < 1"
+  ):
+    parse_config(smoke_config, device_count=4)
+  smoke_config.connectivity.tile_density = 0.5
+  parse_config(smoke_config, device_count=4)
 
 
 def dst_config(config):

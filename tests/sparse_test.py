@@ -5,9 +5,12 @@ import functools
 import os
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import pytest
 from flax import traverse_util
 
 from conftest import ROOT
@@ -109,3 +112,50 @@ def test_layer_activity_flattens_leading_axes():
   assert pre.shape == (6, 4) and post.shape == (6, 8)
   dense = v['params']['Dense_0']
   np.testing.assert_allclose(post, jax.nn.relu(x.reshape(6, 4) @ dense['kernel'] + dense['bias'][None]), rtol=1e-5)
+
+
+def test_sparsify_refuses_what_it_cannot_make_sparse_naming_the_path_size_and_rule():
+  class TwoLayers(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(6, name='b')(nn.Dense(30, name='a')(x))
+
+  params = TwoLayers().init(jax.random.PRNGKey(0), jnp.ones((1, 16)))['params']
+  cases = [
+    ('', 4, "sparse_kernels is '': name the kernels"),
+    ('nope/*', 4, r"sparse_kernels = 'nope/\*' matches no param; kernels: \['a/kernel', 'b/kernel'\]"),
+    ('*/bias', 4, r'a/bias: shape \(30,\) matched ConnectivitySpec.sparse_kernels, but only a kernel \[in, out\]'),
+    ('a/kernel', 4, r'a/kernel: its output size 30 must be a multiple of ConnectivitySpec.num_groups \(4\)'),
+    ('b/kernel', 8, r'b/kernel: its input size 30 must be a multiple of ConnectivitySpec.num_groups \(8\)'),
+    ('*/kernel', 32, r'a/kernel: its input size 16 must be a multiple of ConnectivitySpec.num_groups \(32\)'),
+  ]
+  for pattern, groups, message in cases:
+    with pytest.raises(ValueError, match=message):
+      sparse.sparsify(params, sparse.ConnectivitySpec(sparse_kernels=pattern, num_groups=groups), seed=0)
+  # ER needs no groups: any width
+  _, sparsity = sparse.sparsify(params, sparse.ConnectivitySpec(kind='er', sparse_kernels='*/kernel', num_groups=7), 0)
+  assert sparsity.groups is None and len(sparsity.active_edges) == 2
+
+
+def test_rewiring_refuses_what_it_cannot_do():
+  with pytest.raises(ValueError, match=r"fraction_schedule = 'cosine' decays .* rewire_end_steps, which is 0"):
+    sparse.RewireSpec(prune='magnitude', grow='random', fraction_schedule='cosine')
+  model = nn.Dense(8)
+  params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 8)))['params']
+  full = sparse.ConnectivitySpec(num_groups=2, p_inter=1.0, sparse_kernels='kernel')  # every edge present
+  params, sparsity = sparse.sparsify(params, full, seed=0)
+  spec = sparse.RewireSpec(prune='magnitude', grow='random')
+  tx = optax.adam(1e-3)
+  with pytest.raises(ValueError, match='kernel: all 64 edges are present, so none can grow'):
+    sparse.rewire(
+      params,
+      tx.init(params),
+      sparsity,
+      jnp.ones((1, 2, 8)),
+      jax.random.PRNGKey(0),
+      spec=spec,
+      tx=tx,
+      step=0,
+      apply_fn=model.apply,
+      inputs=lambda b: b,
+    )

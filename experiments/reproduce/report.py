@@ -585,4 +585,8 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except run.RunnerError as e:  # a results line that cannot be read
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(e.status)

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ import threading
 import time
 from concurrent import futures
 
-from g2g_jax import metrics
+from g2g_jax import interrupts, metrics
 from g2g_jax.config import RUNTIME_FIELDS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -36,17 +37,53 @@ import studies  # noqa: E402  (experiments/reproduce/studies.py)
 
 RESULTS_DIR = os.path.join(studies.ROOT, 'experiments', 'results')
 WORK_ROOT = os.path.join(studies.ROOT, 'runs', 'reproduce')
+# Exit statuses: a run failed (every failure named, one line each); usage; a results file that
+# cannot be read; stopped by a signal, each run's last checkpoint saved (as g2g_jax.main).
+EXIT_FAILED, EXIT_USAGE, EXIT_DATA = 1, 2, 3
+EXIT_SIGNAL = interrupts.EXIT_STATUS
+# Fields a run's command may not set: a results line needs the whole run.
+STOPS_EARLY = ('halt_after_steps',)
+GRACE_SECONDS = 300  # after a timeout's SIGTERM, for the child's checkpoint
 
 
 def results_path(results_dir: str, dataset: str) -> str:
   return os.path.join(results_dir, f'{dataset}.jsonl')
 
 
+class RunnerError(Exception):
+  """A failure of the runner or of a run: one line, and the exit status it ends with."""
+
+  def __init__(self, message: str, status: int = EXIT_FAILED):
+    super().__init__(message)
+    self.status = status
+
+
 def read_results(path: str) -> list[dict]:
+  """The results lines of a file, oldest first. A half-written last line (a runner killed while
+  appending) is skipped with a warning; any other line that is not a results record is an error
+  naming the file and the line."""
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    text = f.read()
+  lines = text.split('\n')
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or not {'key', 'seed'} <= set(record):
+        raise ValueError('not a results record')
+    except ValueError as e:
+      if number == len(lines):  # no newline after it: the append never finished
+        print(f'warning: {path}: line {number} is half-written ({e}); skipped', file=sys.stderr, flush=True)
+        continue
+      raise RunnerError(
+        f'{path}: line {number} is not a results record ({e}); fix or remove that line', EXIT_DATA
+      ) from None
+    records.append(record)
+  return records
 
 
 _APPEND_LOCK = threading.Lock()
@@ -95,31 +132,103 @@ def _machine_busy_seconds() -> float:
   return (sum(fields[:8]) - idle) / os.sysconf('SC_CLK_TCK')
 
 
-def _run_child(cmd: list[str], timeout: float) -> tuple[int, str, str, float]:
-  """Runs cmd; returns its exit status, stdout, stderr and the CPU seconds it used itself.
+class Children:
+  """The training processes the runner has started; a signal to the runner is passed on to each,
+  and the runner waits for them to save their checkpoints."""
+
+  def __init__(self):
+    self.procs, self.signum = set(), None
+    self._lock = threading.Lock()
+
+  def handle(self, signum, frame):
+    del frame
+    self.signum = self.signum or signum
+    with self._lock:
+      for proc in self.procs:
+        if proc.poll() is None:
+          proc.send_signal(signum)
+
+  def start(self, cmd, **kwargs) -> subprocess.Popen:
+    with self._lock:
+      if self.signum is not None:
+        raise RunnerError(f'stopped by {signal.Signals(self.signum).name}', EXIT_SIGNAL[self.signum])
+      proc = subprocess.Popen(cmd, **kwargs)
+      self.procs.add(proc)
+      return proc
+
+  def done(self, proc):
+    with self._lock:
+      self.procs.discard(proc)
+
+
+CHILDREN = Children()
+
+
+def _run_child(cmd: list[str], timeout: float) -> tuple[int, str, str, float, bool]:
+  """Runs cmd; returns its exit status, stdout, stderr, the CPU seconds it used itself and
+  whether it ran out of time. At the timeout it gets SIGTERM (it saves a checkpoint and exits),
+  and SIGKILL only GRACE_SECONDS later.
 
   The CPU time comes from wait4 on this child alone, so runs going at once (--jobs) do not
   count each other's time as their own.
   """
   with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
-    proc = subprocess.Popen(cmd, cwd=studies.ROOT, stdout=out, stderr=err, text=True)
-    timer = threading.Timer(timeout, proc.kill)
+    proc = CHILDREN.start(cmd, cwd=studies.ROOT, stdout=out, stderr=err, text=True)
+    timed_out = threading.Event()
+
+    def time_up():
+      timed_out.set()
+      proc.send_signal(signal.SIGTERM)
+
+    timer = threading.Timer(timeout, time_up)
+    killer = threading.Timer(timeout + GRACE_SECONDS, proc.kill)
     timer.start()
+    killer.start()
     try:
-      _, status, usage = os.wait4(proc.pid, 0)
+      while True:
+        try:
+          _, status, usage = os.wait4(proc.pid, 0)
+          break
+        except InterruptedError:  # a signal to the runner: passed on, keep waiting
+          continue
     finally:
       timer.cancel()
+      killer.cancel()
+      CHILDREN.done(proc)
     proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait for it again
-    if timer.finished.is_set() and proc.returncode < 0:
-      raise subprocess.TimeoutExpired(cmd, timeout)
     out.seek(0)
     err.seek(0)
-    return proc.returncode, out.read(), err.read(), usage.ru_utime + usage.ru_stime
+    return proc.returncode, out.read(), err.read(), usage.ru_utime + usage.ru_stime, timed_out.is_set()
 
 
-def summarize(records: list[dict]) -> dict:
-  """What one run's metrics.jsonl says, in the shape of a results line."""
+def _keep_log(workdir: str, stderr: str) -> str:
+  """Writes a failed run's stderr to WORKDIR/failed.log, and says where ('' if it cannot)."""
+  path = os.path.join(workdir, 'failed.log')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, 'w') as f:
+      f.write(stderr)
+  except OSError:
+    return ''
+  shown = os.path.relpath(path, studies.ROOT) if path.startswith(studies.ROOT + os.sep) else path
+  return f' (its output: {shown})'
+
+
+def _error_line(stderr: str, stdout: str) -> str:
+  """The child's own one-line error, or its last line."""
+  errors = [line for line in stderr.splitlines() if line.startswith('error: ')]
+  if errors:
+    return errors[-1][len('error: ') :]
+  tail = [line for line in (stderr or stdout).strip().splitlines() if line.strip()]
+  return tail[-1][:300] if tail else 'no output'
+
+
+def summarize(records: list[dict], num_epochs: int) -> dict:
+  """What one finished run's metrics.jsonl says, in the shape of a results line."""
   evals = metrics.eval_records(records)
+  if not evals or evals[-1]['epoch'] != num_epochs:
+    where = f'epoch {evals[-1]["epoch"]}' if evals else 'before its first evaluation'
+    raise RunnerError(f'the run ended at {where} of {num_epochs}: a results line needs the whole run')
   compile_seconds, train_seconds = metrics.run_seconds(records)
   rewires = [r for r in records if r.get('kind') == 'rewire']
   last = evals[-1]
@@ -141,6 +250,15 @@ def summarize(records: list[dict]) -> dict:
     'rewire_updates': len(rewires),
     'rewire_seconds': sum(r['seconds'] for r in rewires),
   }
+
+
+def _summary(name: str, workdir: str, num_epochs: int) -> dict:
+  try:
+    return summarize(metrics.read_records(workdir), num_epochs)
+  except RunnerError as e:
+    raise RunnerError(f'{name}: {e}') from None
+  except OSError as e:  # WorkdirError included: an unreadable metrics.jsonl
+    raise RunnerError(f'{name}: {e}', EXIT_DATA) from None
 
 
 def save_mask_snapshot(workdir: str, path: str, layer: str):
@@ -188,14 +306,19 @@ def run_one(dataset, study, entry, seed, key, changes, results, work_root, extra
   ]
   t0, busy0 = time.perf_counter(), _machine_busy_seconds()
   print(f'[{datetime.datetime.now():%H:%M:%S}] {study}/{entry.name} seed {seed} ({key}) -> {workdir}', flush=True)
-  returncode, stdout, stderr, own_cpu = _run_child(cmd, timeout)
+  returncode, stdout, stderr, own_cpu, timed_out = _run_child(cmd, timeout)
   wall = time.perf_counter() - t0
   # Cores kept busy by everything else during the run: timings of a run with a
   # clearly non-zero value were slowed by other work on the machine.
   other_cores = ((_machine_busy_seconds() - busy0) - own_cpu) / wall
+  name = f'{study}/{entry.name} seed {seed}'
+  if returncode in EXIT_SIGNAL.values() and CHILDREN.signum is not None:
+    raise RunnerError(f'{name} stopped ({_error_line(stderr, stdout)})', EXIT_SIGNAL[CHILDREN.signum])
+  if timed_out:
+    raise RunnerError(f'{name} ran out of its {timeout:g} s (--timeout) and stopped: rerun to resume it')
   if returncode != 0:
-    tail = '\n'.join((stderr or stdout).strip().splitlines()[-15:])
-    raise RuntimeError(f'{study}/{entry.name} seed {seed} failed (exit {returncode}):\n{tail}')
+    log = _keep_log(workdir, stderr)
+    raise RunnerError(f'{name} failed (exit {returncode}): {_error_line(stderr, stdout)}{log}')
   # The run's own backend, from its log line 'JAX <version> on <backend>: <devices>': the
   # runner starts no backend of its own (on a GPU that would hold memory the runs need).
   said = re.search(r'JAX \S+ on (\w+):', stderr)
@@ -210,7 +333,7 @@ def run_one(dataset, study, entry, seed, key, changes, results, work_root, extra
     'changes': changes,
     'kernel_init': config.model.kernel_init,
     'num_epochs': config.num_epochs,
-    **summarize(metrics.read_records(workdir)),
+    **_summary(name, workdir, config.num_epochs),
     'wall_seconds': wall,
     'command': ' '.join(cmd[1:]).replace(studies.ROOT + '/', ''),
     'commit': _commit(),
@@ -233,8 +356,13 @@ def run_one(dataset, study, entry, seed, key, changes, results, work_root, extra
   return record
 
 
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # one line, as every other failure
+    raise RunnerError(message, EXIT_USAGE)
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('study', nargs='*', help=f'one or more of {", ".join(studies.STUDIES)}')
   parser.add_argument('--dataset', default='fashion_mnist', choices=studies.DATASETS)
   parser.add_argument('--seeds', type=int, default=3, help='seeds 0 .. N-1 (default 3)')
@@ -304,8 +432,10 @@ def main(argv=None):
     if '=' not in item:
       parser.error(f'--set {item!r}: expected FIELD=VALUE')
     field = item.split('=', 1)[0]
-    if field not in RUNTIME_FIELDS:
-      parser.error(f'--set {item!r}: only runtime fields may be set ({", ".join(RUNTIME_FIELDS)})')
+    allowed = [f for f in RUNTIME_FIELDS if f not in STOPS_EARLY]
+    if field not in allowed:
+      why = 'it stops a run before its end' if field in STOPS_EARLY else 'only runtime fields may be set'
+      parser.error(f'--set {item!r}: {why} ({", ".join(allowed)})')
     extra.append(f'--config.{item}')
   cache = os.path.join(args.work_root, 'jax_cache') if args.jax_cache is None else args.jax_cache
   if cache:
@@ -335,24 +465,38 @@ def main(argv=None):
     run_one(args.dataset, study, entry, seed, key, changes, results, args.work_root, extra, args.timeout)
     return 'done'
 
-  if args.jobs == 1:
-    outcomes = [go(item) for item in todo]  # the first failure stops the study
-  else:
-    failures, outcomes = [], []
-    with futures.ThreadPoolExecutor(args.jobs) as pool:
-      for item, fut in [(item, pool.submit(go, item)) for item in todo]:
-        try:
-          outcomes.append(fut.result())
-        except Exception as e:  # noqa: BLE001 (report every failed run, keep the others)
-          failures.append(f'{item[0]}/{item[1].name} seed {item[2]}: {e}')
-    if failures:
-      print(f'{len(failures)} run(s) failed:\n' + '\n'.join(failures), file=sys.stderr, flush=True)
-      return 1
+  failures, outcomes = [], []
+  with futures.ThreadPoolExecutor(args.jobs) as pool:
+    pending = [pool.submit(go, item) for item in todo[: args.jobs]]
+    queue = todo[args.jobs :]
+    while pending:  # one more run starts as one ends; a failure with --jobs=1 stops the study
+      fut = pending.pop(0)
+      try:
+        outcomes.append(fut.result())
+      except RunnerError as e:
+        failures.append(e)
+        if args.jobs == 1 or e.status != EXIT_FAILED:
+          queue = []
+      if queue:
+        pending.append(pool.submit(go, queue.pop(0)))
+  for e in failures:
+    print(f'error: {e}', file=sys.stderr, flush=True)
   skipped = outcomes.count('skipped')
   if skipped:
     print(f'{skipped} run(s) not started: --stop_after={args.stop_after:g} s had passed', flush=True)
-  return 0
+  return max((e.status for e in failures), default=0)
+
+
+def cli() -> int:
+  """main() with the runner's signals passed on to its runs, and every failure in one line."""
+  for signum in EXIT_SIGNAL:
+    signal.signal(signum, CHILDREN.handle)
+  try:
+    return main()
+  except RunnerError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    return e.status
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(cli())
