@@ -55,7 +55,9 @@ class TrainBatches:
       def rows(index):  # index: a slice per dimension of the global batch
         return array[idx[index[: idx.ndim]]][(slice(None),) * idx.ndim + tuple(index[idx.ndim :])]
 
-      return jax.make_array_from_callback((*idx.shape, *array.shape[1:]), sharding, rows)
+      shape = (*idx.shape, *array.shape[1:])
+      shards = sharding.addressable_devices_indices_map(shape).items()
+      return jax.make_array_from_single_device_arrays(shape, sharding, [jax.device_put(rows(i), d) for d, i in shards])
 
     return {'image': place(self.images), 'label': place(self.labels)}
 

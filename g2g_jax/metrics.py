@@ -162,10 +162,13 @@ def run_seconds(records: list[dict]) -> tuple[float | None, float]:
 class EpochSums:
   """Running sums of the current epoch's training metrics, per seed."""
 
-  def __init__(self, num_seeds: int, loss=None, correct=None, count=0, seconds=0.0):
+  NORMS = ('l2_params', 'l2_updates')  # the latest step's global norms, per seed (l2_grads: the loop's)
+
+  def __init__(self, num_seeds: int, loss=None, correct=None, count=0, seconds=0.0, norms=None):
     self.loss = np.zeros(num_seeds) if loss is None else np.asarray(loss, np.float64)
     self.correct = np.zeros(num_seeds) if correct is None else np.asarray(correct, np.float64)
     self.count, self.seconds = count, seconds
+    self.norms = dict(norms or {})
 
   def add(self, metrics: dict, last_step: int, batch_size: int) -> tuple[float, int, int] | None:
     """Adds the metrics of consecutive steps up to `last_step` (host arrays [steps, seeds]).
@@ -179,6 +182,7 @@ class EpochSums:
       self.loss += loss.astype(np.float64) * batch_size
       self.correct += acc.astype(np.float64) * batch_size
       self.count += batch_size
+    self.norms.update({k: metrics[k][-1].astype(np.float64).tolist() for k in self.NORMS if k in metrics})
     return None
 
   def mean_loss(self) -> float:
@@ -188,7 +192,8 @@ class EpochSums:
     return float(np.mean(self.correct)) / max(self.count, 1)
 
   def to_meta(self) -> dict:
-    return {'loss': self.loss.tolist(), 'correct': self.correct.tolist(), 'count': self.count, 'seconds': self.seconds}
+    sums = {'loss': self.loss.tolist(), 'correct': self.correct.tolist(), 'count': self.count, 'seconds': self.seconds}
+    return {**sums, 'norms': self.norms}
 
 
 def per_seed(name: str, values) -> dict:
@@ -212,6 +217,7 @@ def eval_record(*, step, epoch, sums: EpochSums, test: dict, best, accts: list[d
     **per_seed('test_loss', test['loss']),
     **per_seed('test_accuracy', test['accuracy']),
     **per_seed('best_test_accuracy', best),
+    **{k: v for name, value in sums.norms.items() for k, v in per_seed(name, value).items()},
     'sparsity': float(np.mean([a['sparsity'] for a in accts])),
     'layer_density': {
       name: float(np.mean([a['layer_density'][name] for a in accts])) for name in accts[0]['layer_density']

@@ -34,6 +34,18 @@ def evaluate_split(eval_fn, state, images, labels, batch_size: int, sharding=Non
   return {'loss': total['loss'] / total['count'], 'accuracy': total['correct'] / total['count']}
 
 
+def _no_implicit_transfers(method):
+  """Runs a runner's method with JAX's transfer guard at 'disallow': on the loop's hot path every
+  host-device transfer is an explicit device_put or device_get, and an accidental one fails."""
+
+  @functools.wraps(method)
+  def guarded(*args, **kwargs):
+    with jax.transfer_guard('disallow'):
+      return method(*args, **kwargs)
+
+  return guarded
+
+
 def _per_step(metrics: list) -> dict:
   """Per-step metric dicts (device arrays, [seeds] each or scalars) as host arrays [steps, seeds]."""
   fetched = jax.device_get(metrics)
@@ -42,11 +54,12 @@ def _per_step(metrics: list) -> dict:
 
 class Runner:
   """A run's compiled programs: `run_chunk(state, step, n)` trains n steps from `step` and
-  returns (state, {'loss', 'accuracy'}: host arrays [steps run, seeds]); `evaluate(state)`
-  the test split; `rewire(state, step)` one mask update (state, info, seconds).
+  returns (state, its metrics: host arrays [steps run, seeds]); `evaluate(state)` the test
+  split; `grad_norm(state, step)` the gradient's norm; `rewire(state, step)` one mask update
+  (state, info, seconds).
   `compile_seconds` holds each program's compile time."""
 
-  def __init__(self, spec: RunSpec, mesh: Mesh, dataset, state, *, train_step, eval_step, should_stop):
+  def __init__(self, spec: RunSpec, mesh: Mesh, dataset, state, *, train_step, eval_step, grad_norm, should_stop):
     self.spec, self.dataset, self.should_stop = spec, dataset, should_stop
     self.seeds = spec.num_seeds
     self.replicated = NamedSharding(mesh, P())
@@ -66,6 +79,7 @@ class Runner:
     self._eval = self._compile(
       'eval_step', eval_step, state, jax.device_put(test_batch, self.batch_sharding), axes=(0, None)
     )
+    self._grad_norm = self._compile('grad_norm', grad_norm, state, self.batches.device_batch(0, self.train_sharding))
     self._rewire = None
     if spec.rewiring.enabled:
       update = functools.partial(rewiring.update_masks, spec=spec.rewiring)
@@ -100,11 +114,21 @@ class Runner:
       self._eval, state, data.test_images, data.test_labels, self.spec.eval_batch_size, self.batch_sharding
     )
 
+  def grad_norm(self, state, step: int) -> np.ndarray:
+    """The global norm of the gradient on the batch step `step` trained on, per seed [seeds]."""
+    batch = self.batches.device_batch(step - 1, self.train_sharding)
+    return np.atleast_1d(jax.device_get(self._grad_norm(state, batch)))
+
+  def _scalar(self, value: int):
+    return jax.device_put(np.int32(value), self.replicated)
+
+  @_no_implicit_transfers
   def rewire(self, state, step: int):
     """One mask update after step `step`: (state, info as host arrays, seconds it took alone)."""
     jax.block_until_ready(state)  # time the update alone, not the steps queued before it
     t0 = time.perf_counter()
-    state, info = self._rewire(state, self._hebbian(step), self._step_keys(self._rewire_keys, step))
+    keys = self._step_keys(self._rewire_keys, self._scalar(step))
+    state, info = self._rewire(state, self._hebbian(step), keys)
     info = jax.device_get(info)
     return state, info, time.perf_counter() - t0
 
@@ -116,6 +140,7 @@ class StepRunner(Runner):
     example = self.batches.device_batch(0, self.train_sharding)
     self._train = self._compile('train_step', step_fn, state, example, donate=True)
 
+  @_no_implicit_transfers
   def run_chunk(self, state, step: int, n: int):
     metrics = []
     for i in range(n):
@@ -165,20 +190,21 @@ class ScanRunner(Runner):
       )
     self._orders, self._spe = {}, spe
 
+  @_no_implicit_transfers
   def run_chunk(self, state, step: int, n: int):
     epoch, position = divmod(step, self._spe)
     if epoch not in self._orders:  # the epoch's orders: 4 bytes per example and seed, sent once per epoch
       self._orders = {epoch: jax.device_put(self.batches.orders(epoch).astype(np.int32), self.replicated)}
     order = self._orders[epoch]
     if n == self._chunk_steps:
-      state, metrics = self._chunk(state, self._data, order, position)
+      state, metrics = self._chunk(state, self._data, order, self._scalar(position))
       return state, {
         k: np.reshape(v.T, (n, -1)) for k, v in jax.device_get(metrics).items()
       }  # [(seeds,) n] -> [n, seeds]
     parts = []
     for i in range(n):
       jax.block_until_ready(parts[-1:])  # one program in flight
-      state, m = self._single(state, self._data, order, position + i)
+      state, m = self._single(state, self._data, order, self._scalar(position + i))
       parts.append(m)
     fetched = jax.device_get(parts)
     return state, {k: np.concatenate([np.reshape(np.asarray(m[k]).T, (1, -1)) for m in fetched]) for k in fetched[0]}

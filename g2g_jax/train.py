@@ -97,8 +97,11 @@ def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: in
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   params = apply_masks(params, state.masks)  # pruned entries may carry moments after rewiring
+  # The norms of what the step computes anyway; the gradient's is grad_norm, apart: one more
+  # consumer of the gradient moves XLA's fusion, and with it the results' last bits.
+  norms = {'l2_params': optax.global_norm(params), 'l2_updates': optax.global_norm(updates)}
   state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-  return state, {'loss': loss, 'accuracy': jnp.mean(correct)}
+  return state, {'loss': loss, 'accuracy': jnp.mean(correct), **norms}
 
 
 def _microbatched(grad_fn, state: TrainState, images, labels, k: int):
@@ -118,6 +121,14 @@ def _microbatched(grad_fn, state: TrainState, images, labels, k: int):
   zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
   (loss, grads), correct = jax.lax.scan(body, zero, (split(images), split(labels)))
   return loss / k, jax.tree.map(lambda g: g / k, grads), correct
+
+
+def grad_norm(state: TrainState, batch: dict):
+  """The global norm of the masked gradient on a batch of uint8 images (unaugmented): the
+  training records' l2_grads, at the params an epoch ends with, on its last batch."""
+  images = input_pipeline.to_float(batch['image'])
+  grads = jax.grad(lambda p: loss_and_logits(p, state, images, batch['label'])[0])(state.params)
+  return optax.global_norm(apply_masks(grads, state.masks))
 
 
 def eval_step(state: TrainState, batch: dict):
@@ -204,7 +215,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, start
       logging.info('run already finished (step %d of %d): nothing to train', step, spec.total_steps)
       return _result(writer.records(), step, spec.total_steps)
     runner = runners.RUNNERS[spec.loop](
-      spec, mesh, dataset, state, train_step=train_step, eval_step=eval_step, should_stop=run.stop_now
+      spec,
+      mesh,
+      dataset,
+      state,
+      train_step=train_step,
+      eval_step=eval_step,
+      grad_norm=grad_norm,
+      should_stop=run.stop_now,
     )
     compile_seconds = sum(runner.compile_seconds.values())
     logging.info(
@@ -243,6 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, start
           k = int(np.argmin(np.isfinite(test['loss'])))
           raise run.diverged('test loss', test['loss'][k], step, k)
         best = np.maximum(best, test['accuracy'])
+        sums.norms['l2_grads'] = runner.grad_norm(state, step).tolist()
         record = _eval_record(spec, step, sums, test, best, accts, dataset, rewire_seconds)
         if compile_seconds:  # the first evaluation after this process compiled
           record['compile_seconds'], compile_seconds = compile_seconds, 0.0
