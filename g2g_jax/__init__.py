@@ -14,7 +14,7 @@ _EXPORTS = {
   'make_masks': 'connectivity',
   'load_dataset': 'data',
   'G2GNet': 'models',
-  'update_masks': 'rewiring',
+  'update_masks': 'train',
   'TrainState': 'state',
   'eval_step': 'train',
   'evaluate': 'train',

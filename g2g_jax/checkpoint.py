@@ -57,6 +57,34 @@ def _first_line(e: BaseException) -> str:
   return f'{type(e).__name__}: {first[:200]}'
 
 
+def _tree(state) -> dict:
+  """A TrainState as the checkpoint holds it: one flat dict, the layout every checkpoint has had
+  (workdirs from before the Sparsity moved into the state resume)."""
+  sparsity = state.sparsity
+  return {
+    'step': state.step,
+    'params': state.params,
+    'opt_state': state.opt_state,
+    'key': state.key,
+    'masks': sparsity.masks,
+    'last_grown': sparsity.last_grown,
+    'layout': sparsity.layout,
+    'groups': sparsity.groups,
+  }
+
+
+def _state(template, tree: dict):
+  """The TrainState a checkpoint's tree holds, with the template's static fields."""
+  parts = {k: tree[k] for k in ('masks', 'last_grown', 'layout', 'groups')}
+  return template.replace(
+    step=tree['step'],
+    params=tree['params'],
+    opt_state=tree['opt_state'],
+    key=tree['key'],
+    sparsity=template.sparsity.replace(**parts),
+  )
+
+
 class Checkpointer:
   def __init__(self, workdir: str, max_to_keep: int = 2):
     self.workdir = os.path.abspath(workdir)
@@ -106,7 +134,7 @@ class Checkpointer:
     with self._writing(f'writing the checkpoint of step {step}'):
       self._manager.save(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        args=ocp.args.Composite(state=ocp.args.StandardSave(_tree(state)), meta=ocp.args.JsonSave(meta)),
         force=True,
       )
 
@@ -151,12 +179,12 @@ class Checkpointer:
 
   def restore(self, template: Any) -> tuple[Any, dict] | None:
     """(state, meta) of the newest readable checkpoint, shaped and placed like `template`."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _tree(template))
 
     def read(step):
       args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
       restored = self._manager.restore(step, args=args)
-      return restored.state, restored.meta
+      return _state(template, restored.state), restored.meta
 
     found = self._newest_first(read)
     return None if found is None else found[1]

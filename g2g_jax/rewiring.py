@@ -1,8 +1,7 @@
 """Dynamic sparse training: prune and grow criteria, Hebbian scores, schedule, and the update.
 
-`rewire(params, opt_state, sparsity, batches, rng, ...)` updates any Linen model's masks;
-`update_masks(state, batch, rng, *, spec)` is it for G2GNet's TrainState, jitted once by
-the loop.
+`rewire(params, opt_state, sparsity, batches, rng, ...)` updates any Linen model's masks
+(train.update_masks is it for a TrainState).
 For every sparse layer it prunes n = round(fraction x active edges) present edges and
 grows n absent ones, so each layer's density is exactly constant. Shapes never depend
 on n (selection is by rank, with n a traced number), so a decaying fraction does not
@@ -17,7 +16,6 @@ Choices where the paper is silent (see README):
 """
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,7 +24,7 @@ import optax
 from flax import traverse_util
 
 from g2g_jax import connectivity as conn
-from g2g_jax import input_pipeline, schedule, tiles
+from g2g_jax import schedule, tiles
 
 PRUNE = ('none', 'magnitude', 'random', 'hebbian', 'mixed')
 GROW = ('none', 'random', 'hebbian', 'gradient')
@@ -253,10 +251,7 @@ def rewire(params, opt_state, sparsity, batches, rng, *, spec, tx, step, apply_f
   if spec.candidates == 'same_kind' and sparsity.groups is None and not sparsity.layout:
     raise ValueError("RewireSpec.candidates = 'same_kind' needs groups: a 'g2g' ConnectivitySpec's layers")
 
-  def variables_of(p):
-    return {'params': p} if sparsity.layout is None else {'params': p, 'layout': sparsity.layout}
-
-  hebbian, gradients = _layer_signals(params, variables_of, batches, spec, paths, apply_fn, inputs, loss_fn)
+  hebbian, gradients = _layer_signals(params, sparsity.variables, batches, spec, paths, apply_fn, inputs, loss_fn)
   fraction = spec.fraction_at(step)
   flat_w = traverse_util.flatten_dict(params)
   flat_m = traverse_util.flatten_dict(sparsity.masks)
@@ -306,31 +301,3 @@ def rewire(params, opt_state, sparsity, batches, rng, *, spec, tx, step, apply_f
     )
   sparsity = sparsity.replace(masks=traverse_util.unflatten_dict(new_m), last_grown=traverse_util.unflatten_dict(new_g))
   return traverse_util.unflatten_dict(new_w), opt_state, sparsity, info
-
-
-def update_masks(state, batch: dict, rng: jax.Array, *, spec: RewireSpec) -> tuple[Any, dict]:
-  """rewire for a G2GNet TrainState and batches of uint8 images: {'image': [k, B, H, W, C],
-  'label': [k, B]}, the k latest training batches (k = spec.hebbian_batches). Returns the
-  new state and rewire's info."""
-
-  def inputs(b):
-    return input_pipeline.to_float(b['image'])
-
-  def loss_fn(params, b):
-    logits = state.apply_fn(state.variables(params), inputs(b))
-    return optax.softmax_cross_entropy_with_integer_labels(logits, b['label']).mean()
-
-  params, opt_state, sparsity, info = rewire(
-    state.params,
-    state.opt_state,
-    state.sparsity(),
-    batch,
-    rng,
-    spec=spec,
-    tx=state.tx,
-    step=state.step,
-    apply_fn=state.apply_fn,
-    inputs=inputs,
-    loss_fn=loss_fn,
-  )
-  return state.replace(params=params, opt_state=opt_state, masks=sparsity.masks, last_grown=sparsity.last_grown), info

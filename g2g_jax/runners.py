@@ -11,6 +11,8 @@ loop aborted in an all-reduce on 2 and 4 CPU devices).
 
 import functools
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from g2g_jax import input_pipeline, replicas, rewiring
+from g2g_jax import input_pipeline, replicas
 from g2g_jax.config import RunSpec
 from g2g_jax.state import STREAMS
 
@@ -32,6 +34,15 @@ def evaluate_split(eval_fn, state, images, labels, batch_size: int, sharding=Non
     sums.append(eval_fn(state, batch))
   total = jax.tree.map(lambda *v: np.atleast_1d(np.sum(np.stack(v).astype(np.float64), axis=0)), *jax.device_get(sums))
   return {'loss': total['loss'] / total['count'], 'accuracy': total['correct'] / total['count']}
+
+
+class Steps(NamedTuple):
+  """The pure functions a runner compiles (train.py's)."""
+
+  train: Callable  # train_step(state, batch, **static) -> (state, metrics)
+  eval: Callable  # eval_step(state, batch) -> sums
+  grad_norm: Callable  # grad_norm(state, batch) -> the gradient's global norm
+  update_masks: Callable  # update_masks(state, batches, rng, *, spec) -> (state, info)
 
 
 def _no_implicit_transfers(method):
@@ -59,7 +70,7 @@ class Runner:
   (state, info, seconds).
   `compile_seconds` holds each program's compile time."""
 
-  def __init__(self, spec: RunSpec, mesh: Mesh, dataset, state, *, train_step, eval_step, grad_norm, should_stop):
+  def __init__(self, spec: RunSpec, mesh: Mesh, dataset, state, *, steps: 'Steps', should_stop):
     self.spec, self.dataset, self.should_stop = spec, dataset, should_stop
     self.seeds = spec.num_seeds
     self.replicated = NamedSharding(mesh, P())
@@ -74,15 +85,17 @@ class Runner:
     step_kw = dict(
       augment=spec.data.augment, crop_padding=spec.data.crop_padding, num_microbatches=spec.num_microbatches
     )
-    self._compile_train(state, functools.partial(train_step, **step_kw))
+    self._compile_train(state, functools.partial(steps.train, **step_kw))
     test_batch = next(input_pipeline.eval_batches(dataset.test_images, dataset.test_labels, spec.eval_batch_size))
     self._eval = self._compile(
-      'eval_step', eval_step, state, jax.device_put(test_batch, self.batch_sharding), axes=(0, None)
+      'eval_step', steps.eval, state, jax.device_put(test_batch, self.batch_sharding), axes=(0, None)
     )
-    self._grad_norm = self._compile('grad_norm', grad_norm, state, self.batches.device_batch(0, self.train_sharding))
+    self._grad_norm = self._compile(
+      'grad_norm', steps.grad_norm, state, self.batches.device_batch(0, self.train_sharding)
+    )
     self._rewire = None
     if spec.rewiring.enabled:
-      update = functools.partial(rewiring.update_masks, spec=spec.rewiring)
+      update = functools.partial(steps.update_masks, spec=spec.rewiring)
       self._rewire_keys = replicas.over_seeds(jax.random.fold_in, self.seeds, in_axes=(0, None))(
         state.key, STREAMS['rewire']
       )

@@ -1,5 +1,6 @@
-"""TrainState (the step, params, optimizer state, connectivity masks and base RNG key) and
-Sparsity, what sparse training threads through any model's training beside its params."""
+"""TrainState (the step, params, optimizer state, base RNG key and Sparsity), Sparsity (masks,
+groups, tile layouts: what sparse training threads through any model's training), and the
+table of the random streams a run draws from."""
 
 from typing import Any
 
@@ -22,48 +23,22 @@ STREAMS = {
 }
 
 
-class TrainState(train_state.TrainState):
-  """Flax's TrainState plus what G2GNet threads through training.
-
-  masks: a tree shaped like `params` with a bool array for every sparse kernel and
-    None for dense leaves. Pass params first in tree maps: `jax.tree.map(f, params,
-    masks)` calls f(p, None) on dense leaves.
-  key: the run's base PRNG key; per-step keys are `fold_in(key, step)`, so a resumed
-    run draws exactly what an uninterrupted one would.
-  last_grown: shaped like `masks`, the edges grown by the latest mask update (all
-    False before any), for the turnover of the next one.
-  layout: the index arrays of tiled layers: which input tiles each output tile reads.
-  groups: the group label of every neuron on both sides of each (untiled) sparse layer,
-    for DST's 'same_kind' growth and intra / inter counts; None without a grouping.
-  active_edges: static, the active edges of each sparse layer in depth order (the most of
-    any replica when states are stacked). Mask updates keep them constant.
-  """
-
-  masks: Any
-  key: jax.Array
-  last_grown: Any
-  layout: Any = None  # the 'layout' collection of tiled layers (tiles.py); None without any
-  groups: Any = None  # {'hidden_k': {'in': g_in, 'out': g_out}} group labels of untiled sparse layers
-  active_edges: tuple[int, ...] = struct.field(pytree_node=False, default=())
-
-  def variables(self, params=None) -> dict:
-    """What apply_fn takes: the params (these or the state's) and the layout, if any."""
-    params = self.params if params is None else params
-    return {'params': params} if self.layout is None else {'params': params, 'layout': self.layout}
-
-  def sparsity(self) -> 'Sparsity':
-    return Sparsity(self.masks, self.last_grown, self.groups, self.layout, self.active_edges)
-
-
 @struct.dataclass
 class Sparsity:
-  """A model's sparse connectivity, as rewiring.rewire reads and returns it.
+  """A model's sparse connectivity: what sparse training threads through any model's training
+  beside its params, and what rewiring.rewire reads and returns.
 
-  masks: params-shaped, a bool array per sparse kernel and None elsewhere.
-  last_grown: masks-shaped, the edges the latest update grew (for its turnover).
-  groups: {layer name: {'in': labels, 'out': labels}} of untiled sparse layers, or None.
-  layout: the 'layout' collection of tiled layers, or None.
-  active_edges: static, each sparse layer's active edges (constant under rewiring).
+  masks: a tree shaped like `params` with a bool array for every sparse kernel and None for
+    dense leaves. Pass params first in tree maps: `jax.tree.map(f, params, masks)` calls
+    f(p, None) on dense leaves.
+  last_grown: shaped like `masks`, the edges grown by the latest mask update (all False
+    before any), for the turnover of the next one.
+  groups: {layer name: {'in': labels, 'out': labels}}, the group of every neuron on both sides
+    of each untiled sparse layer (for 'same_kind' growth and intra / inter counts), or None.
+  layout: the 'layout' collection of tiled layers: which input tiles each output tile reads
+    (connectivity.make_layout), or None without any.
+  active_edges: static, each sparse layer's active edges in natural order (the most of any
+    replica when states are stacked); mask updates keep them constant.
   """
 
   masks: Any
@@ -71,6 +46,25 @@ class Sparsity:
   groups: Any = None
   layout: Any = None
   active_edges: tuple[int, ...] = struct.field(pytree_node=False, default=())
+
+  def variables(self, params) -> dict:
+    """What a model's apply takes: the params, and the layout of its tiled layers if any."""
+    return {'params': params} if self.layout is None else {'params': params, 'layout': self.layout}
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus the run's base PRNG key and the Sparsity it trains with.
+
+  key: per-step keys are `fold_in(key, step)`, so a resumed run draws exactly what an
+    uninterrupted one would.
+  """
+
+  key: jax.Array
+  sparsity: Sparsity
+
+  def variables(self, params=None) -> dict:
+    """What apply_fn takes: the params (these or the state's) and the layout, if any."""
+    return self.sparsity.variables(self.params if params is None else params)
 
 
 def apply_masks(tree, masks):

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from g2g_jax import checkpoint as ckpt_lib
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
-from g2g_jax import hosts, input_pipeline, lifecycle, models, optim, replicas, runners, sparse
+from g2g_jax import hosts, input_pipeline, lifecycle, models, optim, replicas, rewiring, runners, sparse
 from g2g_jax import metrics as metrics_lib
 from g2g_jax import workdir as workdir_lib
 from g2g_jax.config import RunSpec, check_same_run, parse_config
@@ -51,8 +51,9 @@ def init_state(spec: RunSpec) -> TrainState:
   states = [_seed_state(spec, spec.seed + k) for k in range(spec.num_seeds)]
   if len(states) == 1:  # one seed runs unstacked
     return states[0]
-  bound = tuple(max(counts) for counts in zip(*(st.active_edges for st in states), strict=True))
-  return replicas.stack([st.replace(active_edges=bound) for st in states])
+  edges = zip(*(st.sparsity.active_edges for st in states), strict=True)
+  bound = tuple(max(counts) for counts in edges)
+  return replicas.stack([st.replace(sparsity=st.sparsity.replace(active_edges=bound)) for st in states])
 
 
 def _seed_state(spec: RunSpec, seed: int) -> TrainState:
@@ -66,11 +67,7 @@ def _seed_state(spec: RunSpec, seed: int) -> TrainState:
     params=params,
     tx=optim.make_optimizer(spec.optim, spec.total_steps),
     key=k_run,
-    masks=sparsity.masks,
-    last_grown=sparsity.last_grown,
-    layout=sparsity.layout,
-    groups=sparsity.groups,
-    active_edges=sparsity.active_edges,
+    sparsity=sparsity,
   )
 
 
@@ -93,10 +90,10 @@ def train_step(state: TrainState, batch: dict, *, augment: str, crop_padding: in
     correct = jnp.argmax(logits, -1) == batch['label']
   else:
     loss, grads, correct = _microbatched(grad_fn, state, images, batch['label'], num_microbatches)
-  grads = apply_masks(grads, state.masks)
+  grads = apply_masks(grads, state.sparsity.masks)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  params = apply_masks(params, state.masks)  # pruned entries may carry moments after rewiring
+  params = apply_masks(params, state.sparsity.masks)  # pruned entries may carry moments after rewiring
   # The norms of what the step computes anyway; the gradient's is grad_norm, apart: one more
   # consumer of the gradient moves XLA's fusion, and with it the results' last bits.
   norms = {'l2_params': optax.global_norm(params), 'l2_updates': optax.global_norm(updates)}
@@ -123,12 +120,39 @@ def _microbatched(grad_fn, state: TrainState, images, labels, k: int):
   return loss / k, jax.tree.map(lambda g: g / k, grads), correct
 
 
+def update_masks(state: TrainState, batch: dict, rng: jax.Array, *, spec: rewiring.RewireSpec):
+  """rewiring.rewire for a TrainState and batches of uint8 images: {'image': [k, B, H, W, C],
+  'label': [k, B]}, the k latest training batches (k = spec.hebbian_batches). Returns the new
+  state and rewire's info. Pure; jitted once by the loop."""
+
+  def inputs(b):
+    return input_pipeline.to_float(b['image'])
+
+  def loss_fn(params, b):
+    return loss_and_logits(params, state, inputs(b), b['label'])[0]
+
+  params, opt_state, sparsity, info = rewiring.rewire(
+    state.params,
+    state.opt_state,
+    state.sparsity,
+    batch,
+    rng,
+    spec=spec,
+    tx=state.tx,
+    step=state.step,
+    apply_fn=state.apply_fn,
+    inputs=inputs,
+    loss_fn=loss_fn,
+  )
+  return state.replace(params=params, opt_state=opt_state, sparsity=sparsity), info
+
+
 def grad_norm(state: TrainState, batch: dict):
   """The global norm of the masked gradient on a batch of uint8 images (unaugmented): the
   training records' l2_grads, at the params an epoch ends with, on its last batch."""
   images = input_pipeline.to_float(batch['image'])
   grads = jax.grad(lambda p: loss_and_logits(p, state, images, batch['label'])[0])(state.params)
-  return optax.global_norm(apply_masks(grads, state.masks))
+  return optax.global_norm(apply_masks(grads, state.sparsity.masks))
 
 
 def eval_step(state: TrainState, batch: dict):
@@ -205,7 +229,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, start
   mesh = make_mesh(spec.num_devices)
   state = init_state(spec)
   seeds, spe, plan = spec.num_seeds, spec.steps_per_epoch, spec.schedule()
-  accts = [conn.accounting(s.params, s.masks, spec.model.runs, spec.model.head, s.layout) for s in replicas.each(state)]
+  accts = [
+    conn.accounting(s.params, s.sparsity.masks, spec.model.runs, spec.model.head, s.sparsity.layout)
+    for s in replicas.each(state)
+  ]
   _log_setup(spec, dataset, accts[0], mesh)
   state = jax.device_put(state, NamedSharding(mesh, P()))
   identity = dataset.identity()
@@ -219,9 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, start
       mesh,
       dataset,
       state,
-      train_step=train_step,
-      eval_step=eval_step,
-      grad_norm=grad_norm,
+      steps=runners.Steps(train_step, eval_step, grad_norm, update_masks),
       should_stop=run.stop_now,
     )
     compile_seconds = sum(runner.compile_seconds.values())

@@ -15,7 +15,7 @@ def test_round_trip_keeps_masks_none_leaves_and_meta(tmp_path, smoke_config):
   restored, meta = ckpt.restore(template)
   assert meta == {'best_test_accuracy': 0.5}
   assert int(restored.step) == 7
-  assert restored.masks['head']['hidden_0']['bias'] is None
+  assert restored.sparsity.masks['head']['hidden_0']['bias'] is None
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
     np.testing.assert_array_equal(a, b)
   ckpt.close()

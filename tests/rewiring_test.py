@@ -175,12 +175,18 @@ def test_update_invariants_for_every_prune_and_grow_pair(smoke_config, candidate
   adam = lambda s: s.opt_state[1]  # noqa: E731  (add_decayed_weights, scale_by_adam, lr)
   for prune, grow in itertools.product(rewiring.PRUNE[1:], rewiring.GROW[1:]):
     rspec = rewire_spec(prune=prune, grow=grow, fraction=0.25, candidates=candidates)
-    update = functools.partial(rewiring.update_masks, spec=rspec)  # eager: 24 compilations would dominate
+    update = functools.partial(train.update_masks, spec=rspec)  # eager: 24 compilations would dominate
     new, info = jax.device_get(update(state, stacked(smoke_config), jax.random.PRNGKey(1)))
     for k in range(3):
       name = f'hidden_{k}'
       get = lambda tree: tree['head'][name]['kernel']  # noqa: E731, B023
-      m0, m1, w0, w1, g = get(before.masks), get(new.masks), get(before.params), get(new.params), get(new.last_grown)
+      m0, m1, w0, w1, g = (
+        get(before.sparsity.masks),
+        get(new.sparsity.masks),
+        get(before.params),
+        get(new.params),
+        get(new.sparsity.last_grown),
+      )
       n = int(round(0.25 * m0.sum()))
       where = (prune, grow, name)
       assert m1.sum() == m0.sum(), where  # density exactly constant
@@ -208,12 +214,12 @@ def test_update_invariants_for_every_prune_and_grow_pair(smoke_config, candidate
       np.testing.assert_array_equal(
         before.params['head'][f'hidden_{k}']['bias'], new.params['head'][f'hidden_{k}']['bias']
       )
-      assert new.masks['head'][f'hidden_{k}']['bias'] is None
-    assert new.masks['head']['output']['kernel'] is None
+      assert new.sparsity.masks['head'][f'hidden_{k}']['bias'] is None
+    assert new.sparsity.masks['head']['output']['kernel'] is None
 
 
 def same_group(state, k):
-  groups = state.groups[f'hidden_{k}']
+  groups = state.sparsity.groups[f'hidden_{k}']
   return np.asarray(groups['in'])[:, None] == np.asarray(groups['out'])[None, :]
 
 
@@ -224,7 +230,7 @@ def test_no_retrace_across_updates_and_train_steps(smoke_config):
   @jax.jit
   @chex.assert_max_traces(n=1)
   def update(state, batch, rng):
-    return rewiring.update_masks(state, batch, rng, spec=rspec)
+    return train.update_masks(state, batch, rng, spec=rspec)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
@@ -287,7 +293,10 @@ def test_smoke_run_with_rewiring_logs_each_update(smoke_config, tmp_path):
   state = final_state(smoke_config, str(tmp_path))
   initial = train.make_train_state(smoke_config)
   for k in range(3):
-    m0, m1 = initial.masks['head'][f'hidden_{k}']['kernel'], state.masks['head'][f'hidden_{k}']['kernel']
+    m0, m1 = (
+      initial.sparsity.masks['head'][f'hidden_{k}']['kernel'],
+      state.sparsity.masks['head'][f'hidden_{k}']['kernel'],
+    )
     assert int(m1.sum()) == int(m0.sum()) and bool(jnp.any(m1 != m0))
     assert rewires[-1][f'hidden_{k}/active'] == int(m0.sum())
     assert bool(jnp.all(jnp.where(m1, 0.0, state.params['head'][f'hidden_{k}']['kernel']) == 0))
@@ -301,6 +310,6 @@ def test_resume_across_a_mask_update_equals_uninterrupted(smoke_config, tmp_path
   smoke_config.halt_after_steps = 0
   train.train_and_evaluate(smoke_config, str(tmp_path / 'resumed'))
   a, b = final_state(smoke_config, str(tmp_path / 'straight')), final_state(smoke_config, str(tmp_path / 'resumed'))
-  chex.assert_trees_all_equal(a.masks, b.masks)
+  chex.assert_trees_all_equal(a.sparsity.masks, b.sparsity.masks)
   chex.assert_trees_all_equal(a.params, b.params)
   chex.assert_trees_all_equal(a.opt_state, b.opt_state)

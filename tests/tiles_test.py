@@ -175,6 +175,9 @@ def test_smoke_run_on_tiles_with_rewiring(smoke_config, tmp_path):
   assert result['test_accuracy'] > 0.2
   initial, final = train.make_train_state(smoke_config), final_state(smoke_config, str(tmp_path))
   for k in range(3):
-    m0, m1 = initial.masks['head'][f'hidden_{k}']['kernel'], final.masks['head'][f'hidden_{k}']['kernel']
+    m0, m1 = (
+      initial.sparsity.masks['head'][f'hidden_{k}']['kernel'],
+      final.sparsity.masks['head'][f'hidden_{k}']['kernel'],
+    )
     assert m0.ndim == 4 and int(m0.sum()) == int(m1.sum()) and bool(jnp.any(m0 != m1))
     assert bool(jnp.all(jnp.where(m1, 0.0, final.params['head'][f'hidden_{k}']['kernel']) == 0))

@@ -13,14 +13,14 @@ from flax import traverse_util
 from conftest import final_state, load_config, records, synthetic_batches
 from g2g_jax import checkpoint as ckpt_lib
 from g2g_jax import data as data_lib
-from g2g_jax import input_pipeline, replicas, rewiring, schedule, train
+from g2g_jax import input_pipeline, replicas, schedule, train
 from g2g_jax.config import ConfigError, parse_config
 from g2g_jax.state import apply_masks
 
 
 def test_pruned_weights_stay_exactly_zero_and_masks_fixed(smoke_config):
   state = train.make_train_state(smoke_config)
-  masks0 = jax.tree.map(np.asarray, state.masks)
+  masks0 = jax.tree.map(np.asarray, state.sparsity.masks)
   params0 = jax.tree.map(np.asarray, state.params)
   step = jax.jit(functools.partial(train.train_step, augment='crop_flip', crop_padding=2))
   for batch in synthetic_batches(smoke_config, 40):
@@ -32,14 +32,14 @@ def test_pruned_weights_stay_exactly_zero_and_masks_fixed(smoke_config):
     assert 0.3 < mask.mean() < 0.6
     assert np.all(kernel[~mask] == 0.0)  # exactly zero, after 40 Adam steps with L2
     assert np.all(kernel[mask] != params0['head'][f'hidden_{k}']['kernel'][mask])  # active ones trained
-    np.testing.assert_array_equal(np.asarray(state.masks['head'][f'hidden_{k}']['kernel']), mask)
-  assert state.masks['head']['output']['kernel'] is None
+    np.testing.assert_array_equal(np.asarray(state.sparsity.masks['head'][f'hidden_{k}']['kernel']), mask)
+  assert state.sparsity.masks['head']['output']['kernel'] is None
 
 
 def test_pruned_weights_and_their_moments_stay_exactly_zero_across_mask_updates(smoke_config):
   smoke_config.rewiring.prune, smoke_config.rewiring.grow = 'magnitude', 'random'
   spec = parse_config(smoke_config)
-  update = jax.jit(functools.partial(rewiring.update_masks, spec=spec.rewiring))
+  update = jax.jit(functools.partial(train.update_masks, spec=spec.rewiring))
   step = jax.jit(functools.partial(train.train_step, augment='none', crop_padding=0))
   state = train.make_train_state(smoke_config)
   for i, batch in enumerate(synthetic_batches(smoke_config, 12)):
@@ -48,12 +48,12 @@ def test_pruned_weights_and_their_moments_stay_exactly_zero_across_mask_updates(
       state, _ = update(state, {k: v[None] for k, v in batch.items()}, jax.random.PRNGKey(i))
     adam = state.opt_state[1]
     for k in range(3):
-      pruned = ~np.asarray(state.masks['head'][f'hidden_{k}']['kernel'])
+      pruned = ~np.asarray(state.sparsity.masks['head'][f'hidden_{k}']['kernel'])
       assert pruned.any()
       for tree in (state.params, adam.mu, adam.nu):
         assert np.all(np.asarray(tree['head'][f'hidden_{k}']['kernel'])[pruned] == 0), (i, k)
-  masks0 = train.make_train_state(smoke_config).masks
-  assert not np.array_equal(masks0['head']['hidden_0']['kernel'], state.masks['head']['hidden_0']['kernel'])
+  masks0 = train.make_train_state(smoke_config).sparsity.masks
+  assert not np.array_equal(masks0['head']['hidden_0']['kernel'], state.sparsity.masks['head']['hidden_0']['kernel'])
 
 
 def test_microbatches_sum_the_same_gradient(smoke_config):
@@ -68,7 +68,9 @@ def test_microbatches_sum_the_same_gradient(smoke_config):
   assert m4['accuracy'] == m1['accuracy']
   chex.assert_trees_all_close(four.params, one.params, atol=1e-6)
   chex.assert_trees_all_close(four.opt_state, one.opt_state, atol=1e-7)
-  assert jax.tree.all(jax.tree.map(lambda p, m: m is None or bool(jnp.all(p[~m] == 0)), four.params, four.masks))
+  assert jax.tree.all(
+    jax.tree.map(lambda p, m: m is None or bool(jnp.all(p[~m] == 0)), four.params, four.sparsity.masks)
+  )
 
 
 def test_golden_first_step_loss(smoke_config):
@@ -101,11 +103,11 @@ def golden_numbers(config) -> dict:
   batch = {'image': ds.train_images[:64], 'label': ds.train_labels[:64]}
   images = input_pipeline.to_float(batch['image'])
   grads = jax.grad(lambda p: train.loss_and_logits(p, state, images, batch['label'])[0])(state.params)
-  grads = apply_masks(grads, state.masks)
+  grads = apply_masks(grads, state.sparsity.masks)
   new, m = jax.jit(functools.partial(train.train_step, augment='none', crop_padding=0))(state, batch)
   update = jax.tree.map(lambda a, b: a - b, new.params, state.params)
   stacked = {k: v[None] for k, v in batch.items()}
-  rewired, info = jax.jit(functools.partial(rewiring.update_masks, spec=spec.rewiring))(
+  rewired, info = jax.jit(functools.partial(train.update_masks, spec=spec.rewiring))(
     new, stacked, jax.random.PRNGKey(0)
   )
   out = {
@@ -288,7 +290,7 @@ def test_scanned_epochs_equal_the_step_by_step_loop(smoke_config, tmp_path):
       {k: v for k, v in r.items() if 'sec' not in k and 'share' not in k} for r in records(str(tmp_path / loop))
     ]
   chex.assert_trees_all_close(finals['steps'].params, finals['scan'].params, atol=1e-6, rtol=1e-6)
-  chex.assert_trees_all_equal(finals['steps'].masks, finals['scan'].masks)
+  chex.assert_trees_all_equal(finals['steps'].sparsity.masks, finals['scan'].sparsity.masks)
   assert [r['step'] for r in rows['scan'] if r['kind'] == 'rewire'] == [5, 10, 15]
   for a, b in zip(rows['steps'], rows['scan'], strict=True):
     assert a.keys() == b.keys()
@@ -318,14 +320,14 @@ def test_seed_replicas_equal_single_runs(smoke_config, tmp_path):
     stacked = final_state(smoke_config, str(tmp_path / loop))
     for k in (0, 1):
       replica = replicas.replica(stacked, k)
-      chex.assert_trees_all_equal(replica.masks, singles[k].masks)
+      chex.assert_trees_all_equal(replica.sparsity.masks, singles[k].sparsity.masks)
       chex.assert_trees_all_close(replica.params, singles[k].params, atol=1e-5, rtol=1e-5)
       assert together['test_accuracy_per_seed'][k] == pytest.approx(alone[k]['test_accuracy'], abs=1e-6)
     assert together['num_seeds'] == 2
     assert together['test_accuracy'] == pytest.approx(np.mean(together['test_accuracy_per_seed']))
     assert together['test_accuracy_std'] == pytest.approx(np.std(together['test_accuracy_per_seed'], ddof=1))
   assert not np.array_equal(
-    singles[0].masks['head']['hidden_0']['kernel'], singles[1].masks['head']['hidden_0']['kernel']
+    singles[0].sparsity.masks['head']['hidden_0']['kernel'], singles[1].sparsity.masks['head']['hidden_0']['kernel']
   )
 
 
@@ -369,7 +371,7 @@ def test_the_mixer_trains_rewires_and_resumes_exactly(tmp_path):
   config.halt_after_steps = 0
   train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   chex.assert_trees_all_equal(final_state(config, str(tmp_path / 'resumed')).params, straight.params)
-  chex.assert_trees_all_equal(final_state(config, str(tmp_path / 'resumed')).masks, straight.masks)
+  chex.assert_trees_all_equal(final_state(config, str(tmp_path / 'resumed')).sparsity.masks, straight.sparsity.masks)
   drop = ('examples_per_sec', 'epoch_seconds', 'compile_seconds', 'seconds', 'rewire_seconds', 'rewire_time_share')
   rows = {
     k: [{f: v for f, v in r.items() if f not in drop} for r in records(str(tmp_path / k))]
@@ -382,9 +384,9 @@ def test_the_mixer_trains_rewires_and_resumes_exactly(tmp_path):
     'token_mlp/Dense_0/pruned' in rewires[0] and rewires[0]['channel_mlp/Dense_1/pruned'] > 0
   )  # one block: no prefix
   initial = train.make_train_state(config)
-  for path, m0 in traverse_util.flatten_dict(initial.masks).items():
+  for path, m0 in traverse_util.flatten_dict(initial.sparsity.masks).items():
     if m0 is not None:
-      m1 = traverse_util.flatten_dict(straight.masks)[path]
+      m1 = traverse_util.flatten_dict(straight.sparsity.masks)[path]
       assert int(m1.sum()) == int(m0.sum()) and bool(jnp.any(m1 != m0))
   evals = [r for r in rows['straight'] if r['kind'] == 'eval']
   assert 0.6 < evals[-1]['sparsity'] < 0.7 and evals[-1]['head_params'] < evals[-1]['total_params']

@@ -57,7 +57,7 @@ def make_config(width: int, variant: str):
 def setup(width: int, variant: str):
   config = make_config(width, variant)
   state = train.make_train_state(config)
-  acct = conn.accounting(state.params, state.masks, {'encoder/*': 16}, 'head/*', state.layout)
+  acct = conn.accounting(state.params, state.sparsity.masks, {'encoder/*': 16}, 'head/*', state.sparsity.layout)
   rng = np.random.default_rng(0)
   batch = {
     'image': rng.integers(0, 256, (_BATCH.value, 28, 28, 1), dtype=np.uint8),

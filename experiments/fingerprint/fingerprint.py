@@ -123,7 +123,7 @@ def fingerprint(name) -> dict:
     run = g2g_jax.load_run(workdir)
   state = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(run.state)[0]:
-    key = jax.tree_util.keystr(path)
+    key = jax.tree_util.keystr(path).replace('.sparsity.', '.')  # the same leaf before Sparsity moved into the state
     if 'key' in key.split('.')[-1] and getattr(leaf, 'dtype', None) is not None and 'key' in str(leaf.dtype):
       leaf = jax.random.key_data(leaf)
     state[key] = hashlib.sha1(np.ascontiguousarray(np.asarray(leaf)).tobytes()).hexdigest()[:16]

@@ -272,12 +272,12 @@ def save_mask_snapshot(workdir: str, path: str, layer: str):
   start, end = g2g_jax.make_train_state(run.config), run.state
 
   def mask_of(state):
-    flat = traverse_util.flatten_dict(state.masks)
+    flat = traverse_util.flatten_dict(state.sparsity.masks)
     (kernel,) = [p for p in flat if p[-2] == layer and flat[p] is not None]
     return np.asarray(flat[kernel], bool)
 
   m0, m1 = mask_of(start), mask_of(end)
-  groups = start.groups[layer]
+  groups = start.sparsity.groups[layer]
   os.makedirs(os.path.dirname(path), exist_ok=True)
   np.savez_compressed(
     path,
