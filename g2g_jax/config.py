@@ -17,7 +17,7 @@ import ml_collections
 
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
-from g2g_jax import models, optim, rewiring, schedule, tiles
+from g2g_jax import models, optim, rewiring, schedule
 
 PROGRESS = ('auto', 'bar', 'lines', 'none')
 LOOPS = ('auto', 'steps', 'scan')
@@ -228,7 +228,7 @@ RULES = {
     'num_groups': Int(1),
     'p_intra': Float(0.0, 1.0),
     'p_inter': Float(0.0, 1.0),
-    'inter': Choice(tiles.INTERS),
+    'inter': Choice(conn.INTERS),
     'tile_size': Int(0),
     'tile_density': Float(0.0, 1.0, lo_open=True),
     'sparse_kernels': Text(),
@@ -364,7 +364,7 @@ def _parse_model(fields: dict, info: data_lib.DatasetInfo, spec: conn.Connectivi
     if spec.kind != 'g2g':
       _fail('connectivity.inter', 'tiles', f"needs connectivity.kind = 'g2g', not {spec.kind!r}")
     for path, n_in, n_out in layers:
-      why = tiles.check_sizes(n_in, n_out, spec.num_groups, spec.tile_size)
+      why = conn.check_sizes(n_in, n_out, spec.num_groups, spec.tile_size)
       if why:
         _fail('connectivity.tile_size', spec.tile_size, f'does not tile {path.rsplit("/", 1)[0].split("/")[-1]}: {why}')
   return model

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from g2g_jax import connectivity as conn
-from g2g_jax import tiles
-from g2g_jax.tiles import TiledDense, TilePlan
+from g2g_jax.connectivity import TilePlan
+from g2g_jax.tiles import TiledDense
 
 KINDS = ('g2gnet', 'mixer')
 ORDERS = ('patch_major', 'channel_major')
@@ -128,7 +128,7 @@ def make_model(spec: ModelSpec, connectivity: conn.ConnectivitySpec) -> nn.Modul
   plans = {}
   if connectivity.inter == 'tiles':
     chosen = spec.sparse_layers(connectivity.sparse_kernels)
-    plans = {path: tiles.plan_layer(a, b, k, connectivity) for k, (path, a, b) in enumerate(chosen)}
+    plans = {path: conn.plan_layer(a, b, k, connectivity) for k, (path, a, b) in enumerate(chosen)}
   if spec.kind == 'mixer':
     return Mixer(
       num_classes=spec.num_classes,

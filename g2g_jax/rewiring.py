@@ -256,14 +256,13 @@ def rewire(params, opt_state, sparsity, batches, rng, *, spec, tx, step, apply_f
   flat_w = traverse_util.flatten_dict(params)
   flat_m = traverse_util.flatten_dict(sparsity.masks)
   flat_g = traverse_util.flatten_dict(sparsity.last_grown)
-  layouts = traverse_util.flatten_dict(sparsity.layout) if sparsity.layout is not None else {}
   new_w, new_m, new_g, changed, info = dict(flat_w), dict(flat_m), dict(flat_g), {}, {}
   for k, (path, name) in enumerate(zip(paths, names, strict=True)):
     mask, kernel, last_grown = flat_m[path], flat_w[path], flat_g[path]
     heb = hebbian[k]
-    if kernel.ndim == 4:  # a tiled layer: scores and groups at its present tiles
-      layout = {key: layouts[(*path[:-1], key)] for key in ('idx', 'intra', 'in_order', 'out_order')}
-      heb = None if heb is None else tiles.to_blocks(heb, layout, *tiles.tile_sizes(kernel))
+    layout = conn.layer_layout(sparsity.layout, path)
+    if layout is not None:  # a tiled layer: scores and groups at its present tiles
+      heb = None if heb is None else tiles.to_blocks(heb, layout, *conn.tile_sizes(kernel))
       same_group = jnp.broadcast_to(layout['intra'][:, None, :, None], mask.shape)  # kernel [C, O, K, I]
     elif sparsity.groups is not None:
       groups = sparsity.groups[name]

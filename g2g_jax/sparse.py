@@ -15,11 +15,11 @@ import numpy as np
 from flax import traverse_util
 
 from g2g_jax import connectivity as conn
-from g2g_jax import rewiring, tiles
-from g2g_jax.connectivity import ConnectivitySpec
+from g2g_jax import rewiring
+from g2g_jax.connectivity import ConnectivitySpec, plan_layer
 from g2g_jax.rewiring import RewireSpec, layer_activity, rewire
 from g2g_jax.state import Sparsity, apply_masks
-from g2g_jax.tiles import TiledDense, plan_layer
+from g2g_jax.tiles import TiledDense
 
 __all__ = [
   'ConnectivitySpec',
@@ -50,10 +50,9 @@ def check(params, spec: ConnectivitySpec, layout=None):
   if not paths:
     kernels = sorted('/'.join(p) for p, v in flat.items() if np.ndim(v) >= 2)[:6]
     raise ValueError(f'ConnectivitySpec.sparse_kernels = {spec.sparse_kernels!r} matches no param; kernels: {kernels}')
-  tiled = traverse_util.flatten_dict(layout) if layout else {}
   for path in paths:
     name, shape = '/'.join(path), np.shape(flat[path])
-    if len(shape) == 4 and (*path[:-1], 'in_order') in tiled:
+    if conn.layer_layout(layout, path) is not None:
       continue  # a TiledDense kernel: its layout was checked when its plan was made
     if len(shape) != 2:
       raise ValueError(
@@ -75,15 +74,7 @@ def sparsify(params, spec: ConnectivitySpec, seed: int, layout=None) -> tuple[di
   Returns the params and the Sparsity (masks, groups, layout, active edges) to train with.
   """
   check(params, spec, layout)
-  if layout is None:
-    masks = conn.make_masks(params, spec, seed)
-  else:
-    masks, layout = tiles.make_masks_and_layout(params, layout, spec, seed)
-
-  def rescale(p, m):
-    if m is None:
-      return p
-    return jnp.asarray((tiles.rescale_init if p.ndim == 4 else conn.rescale_init)(np.asarray(p), m))
+  params, masks, groups, layout = conn.draw(params, spec, seed, layout)
 
   def as_array(m):
     return None if m is None else jnp.asarray(m)
@@ -91,9 +82,7 @@ def sparsify(params, spec: ConnectivitySpec, seed: int, layout=None) -> tuple[di
   def none_leaf(x):
     return x is None
 
-  params = jax.tree.map(rescale, params, masks)
   masks = jax.tree.map(as_array, masks, is_leaf=none_leaf)
-  groups = conn.make_groups(params, spec, seed)
   return params, Sparsity(
     masks=masks,
     last_grown=jax.tree.map(lambda m: None if m is None else jnp.zeros_like(m), masks, is_leaf=none_leaf),

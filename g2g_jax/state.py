@@ -16,7 +16,7 @@ STREAMS = {
   'groups': 1,  # numpy: random groupings (connectivity.layer_groups)
   'edges': 2,  # numpy: Bernoulli edges of masks (connectivity.make_layer_mask)
   'shuffle': 3,  # numpy: each epoch's order of the training set (input_pipeline.epoch_order)
-  'tiles': 4,  # numpy: which inter-group tiles a tiled layer reads (tiles.make_layout)
+  'tiles': 4,  # numpy: which inter-group tiles a tiled layer reads (connectivity.make_layout)
   'tile_edges': 5,  # numpy: edges inside a tiled layer's present tiles
   'synthetic': 7,  # numpy, from the data's own seed: synthetic data (data.make_synthetic)
   'rewire': 1,  # jax: the mask updates' keys (fold_in of the run's key, then of the step)

@@ -20,7 +20,7 @@ def spec(**kw):
 @pytest.mark.parametrize('n_in,n_out', [(32, 32), (32, 64)])
 def test_layout_is_regular_and_respects_groups(n_in, n_out):
   s = spec(p_inter=0.5)
-  layout, mask = tiles.make_layout(n_in, n_out, 1, s, seed=3)
+  layout, mask = conn.make_layout(n_in, n_out, 1, s, seed=3)
   idx, rev = layout['idx'], layout['rev']
   s_in, s_out = n_in // 16, n_out // 16  # tiles per group
   k_inter = round(0.5 * 3 * s_in)
@@ -39,27 +39,27 @@ def test_layout_is_regular_and_respects_groups(n_in, n_out):
 
 def test_group_sized_tiles_for_a_widening_layer():
   s = spec(num_groups=8, p_inter=0.15, tile_size=0)
-  plan = tiles.plan_layer(512, 4096, 0, s)
+  plan = conn.plan_layer(512, 4096, 0, s)
   assert (plan.tile_in, plan.tile_out, plan.num_intra, plan.num_slots) == (64, 512, 1, 2)  # round(0.15 * 7) = 1
-  layout, mask = tiles.make_layout(512, 4096, 0, s, 0)
+  layout, mask = conn.make_layout(512, 4096, 0, s, 0)
   assert mask.shape == (8, 512, 2, 64) and mask.mean() == 1.0  # [C, tile_out, K, tile_in]
   assert tiles.to_dense(mask, layout, 512, 4096).mean() == pytest.approx(2 / 8)
 
 
 def test_p_inter_zero_is_block_diagonal():
-  layout, mask = tiles.make_layout(32, 32, 0, spec(p_inter=0.0), seed=0)
+  layout, mask = conn.make_layout(32, 32, 0, spec(p_inter=0.0), seed=0)
   g = conn.contiguous_groups(32, 4)
   np.testing.assert_array_equal(tiles.to_dense(mask, layout, 32, 32), g[:, None] == g[None, :])
 
 
 def test_density_matches_the_bernoulli_layer_up_to_rounding():
   s = spec(num_groups=8, p_inter=0.15, tile_size=32, p_intra=0.5)
-  _, mask = tiles.make_layout(1024, 1024, 1, s, seed=0)
+  _, mask = conn.make_layout(1024, 1024, 1, s, seed=0)
   k_inter = mask.shape[2] - 4  # 4 tiles per input group of 128
   assert k_inter == round(0.15 * 7 * 4) == 4
   expected = (4 * 32 * 0.5 + k_inter * 32) / 1024  # p' rounds from 0.15 to 4 / 28 here
   assert mask.sum() / (1024 * 1024) == pytest.approx(expected, abs=0.002)
-  _, half = tiles.make_layout(1024, 1024, 1, spec(num_groups=8, p_inter=0.15, tile_size=32, tile_density=0.5), 0)
+  _, half = conn.make_layout(1024, 1024, 1, spec(num_groups=8, p_inter=0.15, tile_size=32, tile_density=0.5), 0)
   assert half.shape[2] - 4 == round(0.15 * 7 * 4 / 0.5) == 8  # twice the tiles at half density
   assert half[:, :, 4:].mean() == pytest.approx(0.5, abs=0.01)
 
@@ -68,7 +68,7 @@ def test_density_matches_the_bernoulli_layer_up_to_rounding():
 def test_tiled_layer_equals_masked_dense_layer(grouping):
   s = spec(grouping=grouping, p_intra=0.8, tile_density=0.7)
   sizes = [32, 64, 64]
-  plans = tuple(tiles.plan_layer(a, b, k, s) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)))
+  plans = tuple(conn.plan_layer(a, b, k, s) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)))
   # Layer 1 exercises each way of putting neurons in group order (the mixer's odd layers
   # are interleaved: a transpose; random groups need a gather).
   expected = {'index': 'none', 'mixer': 'interleave', 'random': 'gather'}[grouping]
@@ -76,7 +76,7 @@ def test_tiled_layer_equals_masked_dense_layer(grouping):
   tiled, dense = MLPHead((64, 64), 10, tile_plans=plans), MLPHead((64, 64), 10)
   x = jax.random.uniform(jax.random.PRNGKey(1), (5, 32))
   v = tiled.init(jax.random.PRNGKey(0), x)
-  masks, layout = tiles.make_masks_and_layout(v['params'], v['layout'], s, 0)
+  masks, layout = conn.make_masks_and_layout(v['params'], v['layout'], s, 0)
   params = jax.tree.map(lambda p, m: p if m is None else jnp.where(m, p, 0), v['params'], masks)
   as_dense = dict(params)
   for k in range(2):
@@ -124,11 +124,11 @@ def test_tiled_layer_equals_masked_dense_layer(grouping):
 
 def test_moving_tiles_changes_an_index_array_without_retrace():
   s = spec(p_inter=0.5)
-  plan = tiles.plan_layer(32, 32, 0, s)
+  plan = conn.plan_layer(32, 32, 0, s)
   model = MLPHead((32,), 3, tile_plans=(plan,))
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32))
   v = model.init(jax.random.PRNGKey(0), x)
-  _, layout = tiles.make_masks_and_layout(v['params'], v['layout'], s, 0)
+  _, layout = conn.make_masks_and_layout(v['params'], v['layout'], s, 0)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
@@ -136,7 +136,7 @@ def test_moving_tiles_changes_an_index_array_without_retrace():
     return model.apply({'params': params, 'layout': layout}, x)
 
   apply(v['params'], layout, x)
-  moved, _ = tiles.make_layout(32, 32, 0, s, seed=7)  # another draw of the inter tiles
+  moved, _ = conn.make_layout(32, 32, 0, s, seed=7)  # another draw of the inter tiles
   assert not np.array_equal(moved['idx'], np.asarray(layout['hidden_0']['idx']))
   new_layout = {'hidden_0': {k: jnp.asarray(v_) for k, v_ in moved.items()}}
   out = apply(v['params'], new_layout, x)

@@ -30,13 +30,13 @@ T = (int(sys.argv[2]) if len(sys.argv) > 2 else 32) or N // G
 spec = conn.ConnectivitySpec(
   kind='g2g', grouping='index', num_groups=G, p_intra=1.0, p_inter=0.15, inter='tiles', tile_size=T, tile_density=1.0
 )
-layout, mask = tiles.make_layout(N, N, 0, spec, 0)
-plan = tiles.plan_layer(N, N, 0, spec)
+layout, mask = conn.make_layout(N, N, 0, spec, 0)
+plan = conn.plan_layer(N, N, 0, spec)
 C, K, S = N // T, plan.num_slots, plan.num_intra
 R = N // T
 idx, rev = jnp.asarray(layout['idx']), jnp.asarray(layout['rev'])
 idx_inter = layout['idx'][:, S:]
-rev_inter = jnp.asarray(tiles.reverse_index(idx_inter, R))
+rev_inter = jnp.asarray(conn.reverse_index(idx_inter, R))
 idx_inter = jnp.asarray(idx_inter)
 print(f'N={N} tiles {T}: C={C} K={K} intra slots {S}, inter {K - S}')
 rng = np.random.default_rng(0)
