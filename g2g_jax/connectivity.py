@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from g2g_jax.fields import Choice, Float, Int, Text, check, field
 from g2g_jax.state import STREAMS
 
 KINDS = ('dense', 'er', 'g2g')
@@ -39,19 +40,27 @@ GROUPINGS = ('index', 'random', 'mixer')
 
 @dataclasses.dataclass(frozen=True)
 class ConnectivitySpec:
-  """How the hidden layers of the MLP head are connected (see PAPER.md)."""
+  """How a model's sparse layers are connected (config.connectivity; see PAPER.md)."""
 
-  kind: str = 'g2g'  # 'dense' | 'er' (unstructured, G2G's density) | 'g2g'
-  grouping: str = 'mixer'  # 'index' | 'random' | 'mixer'
-  num_groups: int = 8  # G, groups per side of each sparse layer
-  p_intra: float = 1.0  # p, edge probability inside a group
-  p_inter: float = 0.15  # p', edge probability between groups
-  inter: str = 'bernoulli'  # inter-group edges: 'bernoulli' (the paper's) | 'tiles' (whole tiles; see above)
-  tile_size: int = 0  # neurons per tile side, inter = 'tiles' only; 0 = a whole group
-  tile_density: float = 1.0  # share of edges present inside an inter tile, inter = 'tiles' only
-  # '/'-joined parameter paths of the sparse kernels, an fnmatch pattern ('*' spans '/'):
-  # G2GNet's are 'head/hidden_*/kernel'.
-  sparse_kernels: str = 'head/hidden_*/kernel'
+  kind: str = field('g2g', Choice(KINDS), "'g2g' | 'er' (unstructured, G2G's density) | 'dense'")
+  grouping: str = field('mixer', Choice(GROUPINGS), "'mixer' | 'index' | 'random' (g2g only)")
+  num_groups: int = field(8, Int(1), 'G: groups per side of each sparse layer')
+  p_intra: float = field(1.0, Float(0.0, 1.0), 'p: edge probability inside a group, in [0, 1]')
+  p_inter: float = field(0.15, Float(0.0, 1.0), "p': edge probability between groups, in [0, 1]")
+  inter: str = field('bernoulli', Choice(INTERS), "inter-group edges: 'bernoulli' (scattered, the paper's) | 'tiles'")
+  tile_size: int = field(0, Int(0), "neurons per tile side, inter = 'tiles'; 0 = a group per tile")
+  tile_density: float = field(
+    1.0, Float(0.0, 1.0, lo_open=True), 'edges present inside an inter tile, (0, 1]; < 1 leaves DST room to grow'
+  )
+  sparse_kernels: str = field(
+    '',
+    Text(),
+    "the sparse kernels: an fnmatch pattern over '/'-joined param paths ('*' spans '/'); in a run's config '' "
+    "means the model's own (G2GNet's 'head/hidden_*/kernel', the Mixer's 'block_*/*_mlp/Dense_*/kernel')",
+  )
+
+  def __post_init__(self):
+    check(self)
 
   @property
   def density(self) -> float:

@@ -24,6 +24,7 @@ import zlib
 import numpy as np
 from absl import logging
 
+from g2g_jax.fields import Bool, Choice, Int, Text, check, field
 from g2g_jax.state import STREAMS
 
 
@@ -65,18 +66,27 @@ class SyntheticSpec:
 class DataSpec:
   """Which dataset, where to look for it, and how training augments it (config.data)."""
 
-  name: str  # 'fashion_mnist' | 'cifar10' | 'cifar100' | 'synthetic'
-  source: str = 'auto'  # 'auto' (tfds prepared > local files > tfds download) | 'tfds' | 'local' | 'synthetic'
-  dir: str = ''  # root of local official-format copies; '' = DEFAULT_DATA_DIR
-  tfds_data_dir: str = ''  # tfds data dir; '' = tfds' default
-  download: bool = True  # let 'auto' download through tfds when the network answers
-  augment: str = 'none'  # 'none' | 'crop_flip' (the parser resolves the config's 'auto')
-  crop_padding: int = 4  # pixels of zero padding around a random crop
-  synthetic_num_train: int = 512  # the synthetic data's size and shape (name or source 'synthetic')
-  synthetic_num_test: int = 256
-  synthetic_image_size: int = 28
-  synthetic_channels: int = 1
-  synthetic_num_classes: int = 10
+  name: str = field('fashion_mnist', Choice(tuple(DATASETS)), "'fashion_mnist' | 'cifar10' | 'cifar100' | 'synthetic'")
+  source: str = field(
+    'auto',
+    Choice(SOURCES),
+    "where to look: 'auto' (tfds prepared > local files > tfds download) | 'tfds' | 'local' | 'synthetic'",
+  )
+  dir: str = field('', Text(), "root of local official-format copies; '' = ~/.cache/g2g_jax")
+  tfds_data_dir: str = field('', Text(), "tfds' data dir; '' = tfds' default")
+  download: bool = field(True, Bool(), "let 'auto' download through tfds when the network answers")
+  augment: str = field(
+    'auto', Choice(AUGMENTS), "'auto' (crop+flip for CIFAR, none for Fashion-MNIST) | 'none' | 'crop_flip'"
+  )
+  crop_padding: int = field(4, Int(0), 'pixels of zero padding around a random crop')
+  synthetic_num_train: int = field(512, Int(1), "examples, synthetic data only (name or source 'synthetic')")
+  synthetic_num_test: int = field(256, Int(1), 'examples, synthetic data only')
+  synthetic_image_size: int = field(28, Int(1), 'pixels per side, synthetic data only')
+  synthetic_channels: int = field(1, Int(1), 'synthetic data only')
+  synthetic_num_classes: int = field(10, Int(2), 'synthetic data only')
+
+  def __post_init__(self):
+    check(self)
 
   @property
   def synthetic(self) -> SyntheticSpec:

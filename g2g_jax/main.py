@@ -110,7 +110,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     key = str(e).strip('"\'')
     named = [a.split('=')[0] for a in argv if a.startswith('--config.') and f'.{key}' in a.split('=')[0]]
     where = named[0] if named else 'a --config override'
-    fail(f'{where}: unknown config field {key!r} (every field is listed in configs/default.py)', EXIT_CONFIG)
+    fail(f'{where}: unknown config field {key!r} (python -m g2g_jax.config lists every field)', EXIT_CONFIG)
   except flags.Error as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     # config_flags puts the config file's own traceback in the message: its last line says what failed

@@ -1,14 +1,17 @@
-"""Linen models: G2GNet (patch-conv front end + MLP head) and an MLP-Mixer. Mask-agnostic.
+"""The model families, a spec each (its config fields, parameter paths, sparse kernels, head and
+size rules), and their Linen modules: G2GNet (patch-conv front end + MLP head), an MLP-Mixer.
 
 The modules never see connectivity masks: the train step keeps pruned weights at exactly
-zero in the params, so a masked layer is an ordinary `nn.Dense`. A sparse layer may
-instead be a tiles.TiledDense, which computes only its present tiles. Models return
-logits; the Hebbian rule reads layer activity by interception (rewiring.layer_activity).
+zero in the params, so a masked layer is an ordinary `nn.Dense`. A sparse layer may instead
+be a tiles.TiledDense, which reads its tile layout (connectivity draws it) and computes only
+its present tiles. Models return logits; the Hebbian rule reads layer activity by
+interception (rewiring.layer_activity).
 """
 
 import dataclasses
 import fnmatch
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -16,9 +19,9 @@ import jax.numpy as jnp
 
 from g2g_jax import connectivity as conn
 from g2g_jax.connectivity import TilePlan
+from g2g_jax.fields import Choice, Int, check, field
 from g2g_jax.tiles import TiledDense
 
-KINDS = ('g2gnet', 'mixer')
 ORDERS = ('patch_major', 'channel_major')
 WIDTH_RULES = ('fixed', 'match_g2g_params')
 # name -> (scale, distribution) of a fan-in variance-scaling initialiser.
@@ -27,128 +30,213 @@ KERNEL_INITS = {
   'lecun_normal': (1.0, 'truncated_normal'),
   'he_normal': (2.0, 'truncated_normal'),
 }
-# Each family's sparse kernels (the connectivity's default), and the params its "head" counts.
-SPARSE_KERNELS = {'g2gnet': 'head/hidden_*/kernel', 'mixer': 'block_*/*_mlp/Dense_*/kernel'}
-HEADS = {'g2gnet': 'head/*', 'mixer': 'block_*/*_mlp/*'}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """The network's shape (config.model), with the hidden widths and classes it resolves to."""
+  """What every model family's spec has (config.model): the patches, the width rule, the init."""
 
-  kind: str = 'g2gnet'  # 'g2gnet' | 'mixer'
-  patch_grid: int = 4  # patches per image side (both families)
-  patch_channels: int = 32  # G2GNet: conv channels per patch
-  feature_order: str = 'patch_major'  # G2GNet: 'patch_major' | 'channel_major'
-  hidden_width: int = 1024  # G2GNet: the config's width (widths holds what the width rule made of it)
-  num_hidden: int = 3  # G2GNet
-  width_rule: str = 'fixed'  # 'fixed' | 'match_g2g_params' (FC v1; the Mixer: its sparse MLPs narrowed)
-  kernel_init: str = 'torch'  # a name in KERNEL_INITS
-  mixer_blocks: int = 2  # Mixer: blocks of token mixing then channel mixing
-  mixer_channels: int = 128  # Mixer: channels per token (the stem's output)
-  mixer_tokens_mlp: int = 64  # Mixer: hidden width of the token-mixing MLP
-  mixer_channels_mlp: int = 256  # Mixer: hidden width of the channel-mixing MLP
-  widths: tuple[int, ...] = (1024, 1024, 1024)  # G2GNet: resolved hidden widths
-  num_classes: int = 10
+  KIND: ClassVar[str] = ''
+  SPARSE_KERNELS: ClassVar[str] = ''  # the kernels a connectivity makes sparse unless told otherwise
+  HEAD: ClassVar[str] = ''  # the params the "head" counts (accounting's head_params)
+
+  patch_grid: int = field(4, Int(1), 'patches per image side (4: 7x7 pixels of 28x28 images, 8x8 of 32x32)')
+  width_rule: str = field(
+    'fixed',
+    Choice(WIDTH_RULES),
+    "'fixed' | 'match_g2g_params' (FC v1: dense, as many head params as G2G's expected count: G2GNet's "
+    "hidden width, the Mixer's MLPs that connectivity.sparse_kernels names, narrowed alike)",
+  )
+  kernel_init: str = field(
+    'torch', Choice(tuple(KERNEL_INITS)), "'torch' (U(+-1/sqrt(fan_in)), the lab's) | 'lecun_normal' | 'he_normal'"
+  )
+  num_classes: int = 10  # resolved: the data's classes
+
+  def __post_init__(self):
+    check(self)
+
+  @property
+  def kind(self) -> str:
+    return self.KIND
 
   @property
   def num_patches(self) -> int:
     return self.patch_grid**2
 
   @property
+  def head(self) -> str:
+    return self.HEAD
+
+
+@dataclasses.dataclass(frozen=True)
+class G2GNetSpec(ModelSpec):
+  """G2GNet (the paper's): a patch-conv front end and an MLP head of sparse hidden layers."""
+
+  KIND: ClassVar[str] = 'g2gnet'
+  SPARSE_KERNELS: ClassVar[str] = 'head/hidden_*/kernel'
+  HEAD: ClassVar[str] = 'head/*'
+
+  patch_channels: int = field(32, Int(1), 'conv channels per patch; features = patch_grid**2 * this')
+  feature_order: str = field('patch_major', Choice(ORDERS), "'patch_major' (index = patch*C + c) | 'channel_major'")
+  hidden_width: int = field(1024, Int(1), 'neurons per hidden layer')
+  num_hidden: int = field(3, Int(1), 'hidden (sparse) layers; the output layer is always dense')
+  widths: tuple[int, ...] = ()  # resolved: the hidden widths the width rule made of hidden_width
+
+  @property
   def num_features(self) -> int:
     return self.num_patches * self.patch_channels
 
   @property
-  def head(self) -> str:
-    """The params the "head" counts (accounting's head_params)."""
-    return HEADS[self.kind]
-
-  @property
   def runs(self) -> dict[str, int]:
     """Module-path patterns of kernels that run more than once per example, and how often."""
-    if self.kind == 'mixer':
-      t, c = self.num_patches, self.mixer_channels
-      return {'stem': t, 'block_*/token_mlp/*': c, 'block_*/channel_mlp/*': t}
     return {'encoder/*': self.num_patches}
 
   def sparse_layers(self, pattern: str = '*') -> list[tuple[str, int, int]]:
-    """(kernel path, n_in, n_out) of each layer the connectivity may make sparse whose path
-    matches the fnmatch pattern (connectivity.sparse_kernels), in natural order."""
-    if self.kind == 'mixer':
-      t, c = self.num_patches, self.mixer_channels
-      layers = []
-      for b in range(self.mixer_blocks):
-        for mlp, n, hidden in (('token_mlp', t, self.mixer_tokens_mlp), ('channel_mlp', c, self.mixer_channels_mlp)):
-          layers += [(f'block_{b}/{mlp}/Dense_0/kernel', n, hidden), (f'block_{b}/{mlp}/Dense_1/kernel', hidden, n)]
-      layers = sorted(layers, key=lambda layer: conn.natural_key(tuple(layer[0].split('/'))))
-    else:
-      sizes = [self.num_features, *self.widths]
-      layers = [(f'head/hidden_{k}/kernel', a, b) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))]
+    """(kernel path, n_in, n_out) of each layer a connectivity may make sparse whose path matches
+    the fnmatch pattern, in natural order."""
+    sizes = [self.num_features, *self.widths]
+    layers = [(f'head/hidden_{k}/kernel', a, b) for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))]
     return [layer for layer in layers if fnmatch.fnmatchcase(layer[0], pattern)]
 
+  def size_field(self, path: str, side: str) -> str:
+    """The config field that sets one side's width of a sparse layer."""
+    if path == 'head/hidden_0/kernel' and side == 'input':
+      return 'model.patch_grid**2 * model.patch_channels (the feature count)'
+    return 'model.hidden_width'
 
-def mixer_head_params(spec: ModelSpec, pattern: str = '', density: float = 1.0) -> float:
-  """The Mixer's MLP-block params (its head), the kernels that `pattern` matches counted at `density`."""
-  sparse = {path for path, _, _ in spec.sparse_layers(pattern)} if pattern else set()
-  total = 0.0
-  for b in range(spec.mixer_blocks):
-    for mlp, n, hidden in (
-      ('token_mlp', spec.num_patches, spec.mixer_tokens_mlp),
-      ('channel_mlp', spec.mixer_channels, spec.mixer_channels_mlp),
-    ):
-      for k in (0, 1):
-        total += n * hidden * (density if f'block_{b}/{mlp}/Dense_{k}/kernel' in sparse else 1.0)
-      total += hidden + n  # the two biases
-  return total
+  def summary(self) -> str:
+    return f'hidden widths={list(self.widths)}'
 
+  def resolved(self, connectivity: conn.ConnectivitySpec) -> 'G2GNetSpec':
+    """The spec with its widths: hidden_width, or (FC v1) the width whose dense head has G2G's
+    expected head params."""
+    widths = (self.hidden_width,) * self.num_hidden
+    if self.width_rule == 'match_g2g_params':
+      density = conn.expected_density(connectivity.num_groups, connectivity.p_intra, connectivity.p_inter)
+      target = conn.mlp_param_count(self.num_features, widths, self.num_classes, density)
+      widths = (
+        conn.param_matched_width(self.num_features, self.num_hidden, self.num_classes, target),
+      ) * self.num_hidden
+    return dataclasses.replace(self, widths=widths)
 
-def matched_mixer_widths(spec: ModelSpec, pattern: str, density: float) -> tuple[int, int]:
-  """(tokens_mlp, channels_mlp) of the dense Mixer whose head params come nearest those of the
-  G2G Mixer that makes `pattern`'s kernels sparse at `density`: the MLPs `pattern` touches are
-  narrowed by one common factor, the others kept."""
-  target = mixer_head_params(spec, pattern, density)
-  touched = {path.split('/')[1] for path, _, _ in spec.sparse_layers(pattern)}
-
-  def narrowed(f):
-    tokens = max(1, round(f * spec.mixer_tokens_mlp)) if 'token_mlp' in touched else spec.mixer_tokens_mlp
-    channels = max(1, round(f * spec.mixer_channels_mlp)) if 'channel_mlp' in touched else spec.mixer_channels_mlp
-    return tokens, channels
-
-  candidates = sorted({narrowed(k / 4096) for k in range(1, 4097)})
-  errors = [
-    abs(mixer_head_params(dataclasses.replace(spec, mixer_tokens_mlp=t, mixer_channels_mlp=c)) - target)
-    for t, c in candidates
-  ]
-  return candidates[errors.index(min(errors))]
-
-
-def make_model(spec: ModelSpec, connectivity: conn.ConnectivitySpec) -> nn.Module:
-  """The spec's model; its sparse layers are TiledDense when connectivity.inter is 'tiles'."""
-  plans = {}
-  if connectivity.inter == 'tiles':
-    chosen = spec.sparse_layers(connectivity.sparse_kernels)
-    plans = {path: conn.plan_layer(a, b, k, connectivity) for k, (path, a, b) in enumerate(chosen)}
-  if spec.kind == 'mixer':
-    return Mixer(
-      num_classes=spec.num_classes,
-      patch_grid=spec.patch_grid,
-      channels=spec.mixer_channels,
-      num_blocks=spec.mixer_blocks,
-      tokens_mlp=spec.mixer_tokens_mlp,
-      channels_mlp=spec.mixer_channels_mlp,
-      kernel_init=spec.kernel_init,
-      tile_plans=tuple(sorted(plans.items())),
+  def build(self, connectivity: conn.ConnectivitySpec) -> nn.Module:
+    """The model; its sparse layers are TiledDense when connectivity.inter is 'tiles'."""
+    plans = _tile_plans(self, connectivity)
+    return G2GNet(
+      widths=self.widths,
+      num_classes=self.num_classes,
+      patch_grid=self.patch_grid,
+      patch_channels=self.patch_channels,
+      feature_order=self.feature_order,
+      kernel_init=self.kernel_init,
+      tile_plans=tuple(plans.get(f'head/hidden_{k}/kernel') for k in range(len(self.widths))) if plans else (),
     )
-  return G2GNet(
-    widths=spec.widths,
-    num_classes=spec.num_classes,
-    patch_grid=spec.patch_grid,
-    patch_channels=spec.patch_channels,
-    feature_order=spec.feature_order,
-    kernel_init=spec.kernel_init,
-    tile_plans=tuple(plans.get(f'head/hidden_{k}/kernel') for k in range(len(spec.widths))) if plans else (),
+
+
+@dataclasses.dataclass(frozen=True)
+class MixerSpec(ModelSpec):
+  """An MLP-Mixer for small images, whose token- and channel-mixing MLPs may be sparse."""
+
+  KIND: ClassVar[str] = 'mixer'
+  SPARSE_KERNELS: ClassVar[str] = 'block_*/*_mlp/Dense_*/kernel'
+  HEAD: ClassVar[str] = 'block_*/*_mlp/*'
+
+  mixer_blocks: int = field(2, Int(1), 'blocks of token mixing then channel mixing')
+  mixer_channels: int = field(128, Int(1), 'channels per token (patch_grid**2 tokens)')
+  mixer_tokens_mlp: int = field(64, Int(1), 'hidden width of the token-mixing MLPs')
+  mixer_channels_mlp: int = field(256, Int(1), 'hidden width of the channel-mixing MLPs')
+
+  @property
+  def runs(self) -> dict[str, int]:
+    t, c = self.num_patches, self.mixer_channels
+    return {'stem': t, 'block_*/token_mlp/*': c, 'block_*/channel_mlp/*': t}
+
+  def sparse_layers(self, pattern: str = '*') -> list[tuple[str, int, int]]:
+    t, c = self.num_patches, self.mixer_channels
+    layers = []
+    for b in range(self.mixer_blocks):
+      for mlp, n, hidden in (('token_mlp', t, self.mixer_tokens_mlp), ('channel_mlp', c, self.mixer_channels_mlp)):
+        layers += [(f'block_{b}/{mlp}/Dense_0/kernel', n, hidden), (f'block_{b}/{mlp}/Dense_1/kernel', hidden, n)]
+    layers = sorted(layers, key=lambda layer: conn.natural_key(tuple(layer[0].split('/'))))
+    return [layer for layer in layers if fnmatch.fnmatchcase(layer[0], pattern)]
+
+  def size_field(self, path: str, side: str) -> str:
+    _, mlp, dense, _ = path.split('/')
+    outer = (dense == 'Dense_0') == (side == 'input')  # an MLP block maps the outer width to its hidden one and back
+    if mlp == 'token_mlp':
+      return 'model.patch_grid**2 (the token count)' if outer else 'model.mixer_tokens_mlp'
+    return 'model.mixer_channels' if outer else 'model.mixer_channels_mlp'
+
+  def summary(self) -> str:
+    return f'mixer of {self.num_patches} tokens x {self.mixer_channels} channels'
+
+  def head_params(self, pattern: str = '', density: float = 1.0) -> float:
+    """The MLP blocks' params (the head), the kernels `pattern` matches counted at `density`."""
+    sparse = {path for path, _, _ in self.sparse_layers(pattern)} if pattern else set()
+    total = 0.0
+    for b in range(self.mixer_blocks):
+      mlps = (
+        ('token_mlp', self.num_patches, self.mixer_tokens_mlp),
+        ('channel_mlp', self.mixer_channels, self.mixer_channels_mlp),
+      )
+      for mlp, n, hidden in mlps:
+        for k in (0, 1):
+          total += n * hidden * (density if f'block_{b}/{mlp}/Dense_{k}/kernel' in sparse else 1.0)
+        total += hidden + n  # the two biases
+    return total
+
+  def resolved(self, connectivity: conn.ConnectivitySpec) -> 'MixerSpec':
+    """The spec with its MLP widths: the configured ones, or (FC v1) those of the dense Mixer whose
+    head params come nearest the G2G Mixer's that makes connectivity.sparse_kernels sparse: the
+    MLPs the pattern touches narrowed by one common factor, the others kept."""
+    if self.width_rule != 'match_g2g_params':
+      return self
+    density = conn.expected_density(connectivity.num_groups, connectivity.p_intra, connectivity.p_inter)
+    target = self.head_params(connectivity.sparse_kernels, density)
+    touched = {path.split('/')[1] for path, _, _ in self.sparse_layers(connectivity.sparse_kernels)}
+
+    def narrowed(f):
+      tokens = max(1, round(f * self.mixer_tokens_mlp)) if 'token_mlp' in touched else self.mixer_tokens_mlp
+      channels = max(1, round(f * self.mixer_channels_mlp)) if 'channel_mlp' in touched else self.mixer_channels_mlp
+      return dataclasses.replace(self, mixer_tokens_mlp=tokens, mixer_channels_mlp=channels)
+
+    candidates = [narrowed(k / 4096) for k in range(1, 4097)]
+    errors = [abs(c.head_params() - target) for c in candidates]
+    return candidates[errors.index(min(errors))]
+
+  def build(self, connectivity: conn.ConnectivitySpec) -> nn.Module:
+    return Mixer(
+      num_classes=self.num_classes,
+      patch_grid=self.patch_grid,
+      channels=self.mixer_channels,
+      num_blocks=self.mixer_blocks,
+      tokens_mlp=self.mixer_tokens_mlp,
+      channels_mlp=self.mixer_channels_mlp,
+      kernel_init=self.kernel_init,
+      tile_plans=tuple(sorted(_tile_plans(self, connectivity).items())),
+    )
+
+
+FAMILIES = {spec.KIND: spec for spec in (G2GNetSpec, MixerSpec)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelChoice:
+  """The config.model field that picks the family (the section holds every family's fields)."""
+
+  kind: str = field(
+    'g2gnet',
+    Choice(tuple(FAMILIES)),
+    "'g2gnet' (patch conv + MLP head, the paper's) | 'mixer' (configs/cifar10_mixer.py)",
   )
+
+
+def _tile_plans(spec: ModelSpec, connectivity: conn.ConnectivitySpec) -> dict:
+  """{kernel path: TilePlan} of the layers the connectivity tiles ({} unless inter is 'tiles')."""
+  if connectivity.inter != 'tiles':
+    return {}
+  chosen = spec.sparse_layers(connectivity.sparse_kernels)
+  return {path: conn.plan_layer(a, b, k, connectivity) for k, (path, a, b) in enumerate(chosen)}
 
 
 def kernel_init(name: str, in_axis=-2, out_axis=-1) -> nn.initializers.Initializer:

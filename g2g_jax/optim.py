@@ -4,20 +4,27 @@ import dataclasses
 
 import optax
 
+from g2g_jax.fields import Choice, Float, Int, check, field
+
 OPTIMIZERS = ('adam', 'sgd')
 SCHEDULES = ('cosine', 'constant')
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimSpec:
-  optimizer: str = 'adam'  # 'adam' | 'sgd' (with momentum)
-  learning_rate: float = 1e-3  # peak learning rate
-  weight_decay: float = 1e-4  # L2 coefficient, added to the gradient as torch's Adam does
-  schedule: str = 'cosine'  # 'cosine' (to 0 at the last step) | 'constant'
-  warmup_steps: int = 0  # linear warm-up from 0, in optimizer steps
-  b1: float = 0.9  # Adam beta1, or SGD momentum
-  b2: float = 0.999  # Adam beta2
-  eps: float = 1e-8  # Adam epsilon
+  """The optimizer and its learning-rate schedule (config.optim)."""
+
+  optimizer: str = field('adam', Choice(OPTIMIZERS), "'adam' | 'sgd' (momentum b1)")
+  learning_rate: float = field(1e-3, Float(0.0, lo_open=True), 'peak learning rate')
+  weight_decay: float = field(1e-4, Float(0.0), "L2 coefficient added to the gradient (torch Adam's)")
+  schedule: str = field('cosine', Choice(SCHEDULES), "'cosine' (per step, to 0 at the last step) | 'constant'")
+  warmup_steps: int = field(0, Int(0), 'optimizer steps of linear warm-up from 0')
+  b1: float = field(0.9, Float(0.0, 1.0), 'Adam beta1 / SGD momentum')
+  b2: float = field(0.999, Float(0.0, 1.0), 'Adam beta2')
+  eps: float = field(1e-8, Float(0.0, lo_open=True), 'Adam epsilon')
+
+  def __post_init__(self):
+    check(self)
 
 
 def make_schedule(spec: OptimSpec, total_steps: int) -> optax.Schedule:

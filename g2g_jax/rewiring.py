@@ -25,6 +25,7 @@ from flax import traverse_util
 
 from g2g_jax import connectivity as conn
 from g2g_jax import schedule, tiles
+from g2g_jax.fields import Bool, Choice, Float, Int, check, field
 
 PRUNE = ('none', 'magnitude', 'random', 'hebbian', 'mixed')
 GROW = ('none', 'random', 'hebbian', 'gradient')
@@ -36,18 +37,27 @@ FRACTION_SCHEDULES = ('constant', 'cosine')
 class RewireSpec:
   """When and how masks are rewired (config.rewiring). Off unless both criteria are set."""
 
-  prune: str = 'none'  # 'magnitude' (SET) | 'random' | 'hebbian' | 'mixed' (thirds) | 'none'
-  grow: str = 'none'  # 'random' | 'hebbian' | 'gradient' (RigL) | 'none'
-  fraction: float = 0.1  # share of a layer's active edges pruned (and grown) per update
-  fraction_schedule: str = 'constant'  # 'constant' | 'cosine' (decays to 0 at rewire_end_steps, as RigL)
-  rewire_every_steps: int = 1000  # optimizer steps between updates
-  rewire_start_steps: int = 0  # first step at which an update may run
-  rewire_end_steps: int = 0  # last step at which an update may run; 0: no end (the parser makes it the run's end)
-  candidates: str = 'all'  # 'all' absent edges | 'same_kind': intra for intra, inter for inter
-  hebbian_batches: int = 1  # the score averages over this many most recent training batches
-  reset_optimizer_state: bool = True  # zero the optimizer moments of pruned and grown entries
+  prune: str = field(
+    'none', Choice(PRUNE), "'none' | 'magnitude' (SET) | 'random' | 'hebbian' | 'mixed' (thirds: mag, rand, hebb)"
+  )
+  grow: str = field('none', Choice(GROW), "'none' | 'random' | 'hebbian' | 'gradient' (RigL: largest |dense gradient|)")
+  fraction: float = field(
+    0.1, Float(0.0, 1.0, lo_open=True), "share of each sparse layer's active edges pruned (and grown) per update"
+  )
+  fraction_schedule: str = field(
+    'constant', Choice(FRACTION_SCHEDULES), "'constant' | 'cosine' (decays to 0 at rewire_end_steps, as RigL)"
+  )
+  rewire_every_steps: int = field(1000, Int(1), 'optimizer steps between mask updates')
+  rewire_start_steps: int = field(0, Int(0), 'first step at which a mask update may run')
+  rewire_end_steps: int = field(0, Int(0), 'last step at which a mask update may run; 0 = no end (a run: its end)')
+  candidates: str = field(
+    'all', Choice(CANDIDATES), "growth among 'all' absent edges | 'same_kind' (intra for intra, inter for inter)"
+  )
+  hebbian_batches: int = field(1, Int(1), 'the Hebbian / gradient score averages over this many latest batches')
+  reset_optimizer_state: bool = field(True, Bool(), 'zero the optimizer moments of pruned and grown entries')
 
   def __post_init__(self):
+    check(self)
     if self.fraction_schedule == 'cosine' and self.enabled and self.rewire_end_steps == 0:
       raise ValueError(
         "RewireSpec.fraction_schedule = 'cosine' decays the fraction to 0 at rewire_end_steps, which is 0 "

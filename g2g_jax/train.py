@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from g2g_jax import checkpoint as ckpt_lib
 from g2g_jax import connectivity as conn
 from g2g_jax import data as data_lib
-from g2g_jax import hosts, input_pipeline, lifecycle, models, optim, replicas, rewiring, runners, sparse
+from g2g_jax import hosts, input_pipeline, lifecycle, optim, replicas, rewiring, runners, sparse
 from g2g_jax import metrics as metrics_lib
 from g2g_jax import workdir as workdir_lib
 from g2g_jax.config import RunSpec, check_same_run, parse_config
@@ -58,7 +58,7 @@ def init_state(spec: RunSpec) -> TrainState:
 
 def _seed_state(spec: RunSpec, seed: int) -> TrainState:
   k_init, k_run = jax.random.split(jax.random.PRNGKey(seed))
-  model = models.make_model(spec.model, spec.connectivity)
+  model = spec.model.build(spec.connectivity)
   dummy = jnp.zeros((1, *spec.data.info.image_shape), jnp.float32)
   variables = jax.jit(model.init)(k_init, dummy)
   params, sparsity = sparse.sparsify(variables['params'], spec.connectivity, seed, variables.get('layout'))

@@ -1,6 +1,7 @@
 import pytest
 
 from conftest import load_config
+from g2g_jax import models
 from g2g_jax.config import ConfigError, config_differences, parse_config
 
 BAD = [
@@ -73,14 +74,62 @@ def test_every_auto_and_derived_number_is_resolved_by_the_parser():
 
 
 def test_config_keys_are_the_spec_fields():
-  """Each config section is its spec under the same names (the rules cover every field)."""
-  config = load_config('smoke')
-  spec = parse_config(config, device_count=1)
-  for section in ('data', 'connectivity', 'optim', 'rewiring', 'model'):
-    for field, value in config[section].items():
-      resolved = {('rewiring', 'rewire_end_steps'), ('data', 'augment'), ('connectivity', 'sparse_kernels')}
-      if (section, field) not in resolved:
-        assert getattr(getattr(spec, section), field) == value, (section, field)
+  """Each config section is its spec under the same names (the rules cover every field); the
+  model section holds every family's fields, and a run's spec those of its family."""
+  for name in ('smoke', 'cifar10_mixer'):
+    config = load_config(name)
+    config.data.source = 'synthetic'
+    spec = parse_config(config, device_count=1)
+    for section in ('data', 'connectivity', 'optim', 'rewiring', 'model'):
+      for field, value in config[section].items():
+        resolved = {('rewiring', 'rewire_end_steps'), ('data', 'augment'), ('connectivity', 'sparse_kernels')}
+        theirs = section == 'model' and field != 'kind' and not hasattr(type(spec.model), field)
+        if (section, field) not in resolved and not theirs:
+          assert getattr(getattr(spec, section), field) == value, (name, section, field)
+
+
+def test_each_default_is_stated_once_on_its_spec_and_the_config_file_agrees_value_for_value():
+  import dataclasses  # noqa: PLC0415
+
+  from g2g_jax import config as config_lib  # noqa: PLC0415
+  from g2g_jax import fields  # noqa: PLC0415
+
+  config = load_config('default', 'g2g')
+  declared = 0
+  for section, classes in config_lib.SECTIONS.items():
+    values = config[section] if section else config
+    for cls in classes:
+      for f in fields.config_fields(cls):
+        declared += 1
+        assert values[f.name] == f.default, (section, f.name)
+        assert f.metadata['meaning'].strip(), (section, f.name)
+    keys = set(values.keys()) - (set(config_lib.SECTIONS) if not section else set())
+    assert keys == set(fields.section(*classes)), section  # nothing in the file that no spec declares
+  assert declared >= 60
+  # The library's specs refuse what the command line refuses, naming the spec's field.
+  for cls, kwargs, message in [
+    (conn_spec(), {'p_inter': 1.5}, r'ConnectivitySpec.p_inter = 1.5: must be in \[0.0, 1.0\]'),
+    (models.MixerSpec, {'mixer_blocks': 0}, 'MixerSpec.mixer_blocks = 0: must be an integer >= 1'),
+  ]:
+    with pytest.raises(ValueError, match=message):
+      cls(**kwargs)
+  assert dataclasses.replace(models.G2GNetSpec(), hidden_width=8).hidden_width == 8
+
+
+def conn_spec():
+  from g2g_jax.connectivity import ConnectivitySpec  # noqa: PLC0415
+
+  return ConnectivitySpec
+
+
+def test_a_workdir_refuses_changes_only_to_fields_its_model_family_reads():
+  mixer, other = load_config('cifar10_mixer').to_dict(), load_config('cifar10_mixer').to_dict()
+  other['model']['hidden_width'] = 512  # G2GNet's: the Mixer never reads it
+  assert config_differences(mixer, other) == []
+  other['model']['mixer_channels'] = 64
+  assert config_differences(mixer, other) == ['model.mixer_channels: 128 -> 64']
+  g2gnet = load_config('cifar10').to_dict()
+  assert 'model.kind' in ' '.join(config_differences(g2gnet, mixer))
 
 
 def test_unknown_and_retired_fields():

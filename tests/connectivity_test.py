@@ -5,7 +5,8 @@ from g2g_jax import connectivity as conn
 
 
 def spec(**kw):
-  return conn.ConnectivitySpec(**{'kind': 'g2g', 'grouping': 'index', 'num_groups': 4, **kw})
+  base = {'kind': 'g2g', 'grouping': 'index', 'num_groups': 4, 'sparse_kernels': 'head/hidden_*/kernel'}
+  return conn.ConnectivitySpec(**{**base, **kw})
 
 
 def test_index_groups_are_contiguous_blocks_on_both_sides():

@@ -42,8 +42,8 @@ def test_g2gnet_shapes_and_the_activity_the_hebbian_rule_reads(shape):
 
 
 def test_mixer_sparse_layers_are_its_mlp_kernels_in_natural_order():
-  spec = models.ModelSpec(kind='mixer', patch_grid=8, mixer_blocks=2, mixer_channels=32)
-  model = models.make_model(spec, conn.ConnectivitySpec(sparse_kernels=models.SPARSE_KERNELS['mixer']))
+  spec = models.MixerSpec(patch_grid=8, mixer_blocks=2, mixer_channels=32)
+  model = spec.build(conn.ConnectivitySpec(sparse_kernels=models.MixerSpec.SPARSE_KERNELS))
   params = model.init(jax.random.PRNGKey(0), jnp.ones((2, 32, 32, 3)))['params']
   layers = spec.sparse_layers()
   assert [p for p, _, _ in layers] == [

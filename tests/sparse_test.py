@@ -51,12 +51,13 @@ def test_tiled_dense_inside_the_mixer_equals_the_masked_layer():
     p_inter=0.25,
     inter='tiles',
     tile_density=0.5,
-    sparse_kernels=models.SPARSE_KERNELS['mixer'],
+    sparse_kernels=models.MixerSpec.SPARSE_KERNELS,
   )
-  model_spec = models.ModelSpec(kind='mixer', patch_grid=8, mixer_blocks=1, mixer_channels=32, mixer_tokens_mlp=16)
-  model_spec = models.ModelSpec(**{**model_spec.__dict__, 'mixer_channels_mlp': 64})
-  tiled = models.make_model(model_spec, spec)
-  masked = models.make_model(model_spec, conn.ConnectivitySpec(**{**spec.__dict__, 'inter': 'bernoulli'}))
+  model_spec = models.MixerSpec(
+    patch_grid=8, mixer_blocks=1, mixer_channels=32, mixer_tokens_mlp=16, mixer_channels_mlp=64
+  )
+  tiled = model_spec.build(spec)
+  masked = model_spec.build(conn.ConnectivitySpec(**{**spec.__dict__, 'inter': 'bernoulli'}))
   x = jax.random.uniform(jax.random.PRNGKey(1), (3, 32, 32, 3))
   v = tiled.init(jax.random.PRNGKey(0), x)
   params, sparsity = sparse.sparsify(v['params'], spec, seed=0, layout=v['layout'])
