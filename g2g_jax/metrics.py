@@ -60,7 +60,8 @@ class MetricWriter:
 
       purge = resume_step + 1 if resume_step else None  # drop points after the restored step
       with workdir_lib.writing(self._tb_dir):
-        self._tb = SummaryWriter(self._tb_dir, purge_step=purge)
+        # TensorBoardX names files by the second: a writer opened in the same second would overwrite
+        self._tb = SummaryWriter(self._tb_dir, purge_step=purge, filename_suffix=f'.{time.time_ns()}')
         self._tb.flush()
 
   def records(self) -> list[dict]:

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import time
+import types
 
 import chex
 import numpy as np
@@ -307,14 +308,16 @@ def test_sigterm_from_outside_exits_75_with_one_line(tmp_path):
 
 
 def test_config_file_and_workdir_errors_are_one_line_each(tmp_path):
-  (tmp_path / 'syntax.py').write_text('def get_config(:\n')
-  (tmp_path / 'returns_int.py').write_text('def get_config():\n  return 3\n')
+  configs = tmp_path / 'configs'  # importing a config file may write configs/__pycache__
+  configs.mkdir()
+  (configs / 'syntax.py').write_text('def get_config(:\n')
+  (configs / 'returns_int.py').write_text('def get_config():\n  return 3\n')
   (tmp_path / 'a_file').write_text('')
   smoke_config = f'--config={ROOT}/configs/smoke.py'
   cases = [
-    ([f'--config={tmp_path}/missing.py', f'--workdir={tmp_path}/w1'], 2, 'missing.py: no such file'),
-    ([f'--config={tmp_path}/syntax.py', f'--workdir={tmp_path}/w2'], 2, 'SyntaxError'),
-    ([f'--config={tmp_path}/returns_int.py', f'--workdir={tmp_path}/w3'], 2, 'get_config() returned int'),
+    ([f'--config={configs}/missing.py', f'--workdir={tmp_path}/w1'], 2, 'missing.py: no such file'),
+    ([f'--config={configs}/syntax.py', f'--workdir={tmp_path}/w2'], 2, 'SyntaxError'),
+    ([f'--config={configs}/returns_int.py', f'--workdir={tmp_path}/w3'], 2, 'get_config() returned int'),
     ([f'{smoke_config}:nope', f'--workdir={tmp_path}/w4'], 2, "config row 'nope': expected one of"),
     ([smoke_config, f'--workdir={tmp_path}/a_file'], 3, 'is a file, not a folder'),
     ([smoke_config, '--workdir='], 3, '--workdir is empty'),
@@ -324,7 +327,7 @@ def test_config_file_and_workdir_errors_are_one_line_each(tmp_path):
     assert result['code'] == status, (args, result['output'][-2000:])
     assert message in one_error_line(result['output']), args
     assert 'JAX ' not in result['output'], args  # refused before JAX started
-  assert sorted(os.listdir(tmp_path)) == ['a_file', 'returns_int.py', 'syntax.py']
+  assert sorted(os.listdir(tmp_path)) == ['a_file', 'configs']  # no workdir was made
 
 
 # 9. A full disk.
@@ -379,11 +382,15 @@ def scalar_steps(logdir, tag):
   return steps
 
 
-def test_resume_drops_tensorboard_points_after_the_checkpoint(tmp_path):
-  halted(tmp_path)
-  from tensorboardX import SummaryWriter  # noqa: PLC0415
+def test_resume_drops_tensorboard_points_after_the_checkpoint(tmp_path, monkeypatch):
+  from tensorboardX import SummaryWriter, event_file_writer  # noqa: PLC0415
 
-  stray = SummaryWriter(str(tmp_path / 'tensorboard'))  # killed after an evaluation at 16, before its checkpoint
+  # every event file opened in the same second, the case where a file named by the second is overwritten
+  monkeypatch.setattr(event_file_writer, 'time', types.SimpleNamespace(time=lambda: 1.7e9))
+  halted(tmp_path)
+
+  # a run killed after an evaluation at 16, before its checkpoint
+  stray = SummaryWriter(str(tmp_path / 'tensorboard'), filename_suffix=f'.{time.time_ns()}')
   stray.add_scalar('test_accuracy', 0.99, 16)
   stray.close()
   train.train_and_evaluate(smoke(), str(tmp_path))
