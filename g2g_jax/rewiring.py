@@ -107,11 +107,10 @@ def select_top(score: jax.Array, candidates: jax.Array, n, k_max: int | None = N
   """Bool mask of the n highest-scoring candidates; ties go to the lower flat index.
 
   n may be a traced integer: the selection takes the top k_max (a static bound on n)
-  and keeps the first n, so shapes never depend on n. A small k_max is what makes this
-  fast (top_k of 27k out of 1M is about 15x cheaper than a full sort on a CPU).
+  and keeps the first n, so shapes never depend on n.
   """
   flat = jnp.where(candidates, score, -jnp.inf).ravel()
-  k = flat.size if k_max is None else min(k_max, flat.size)
+  k = flat.size if k_max is None else min(k_max, flat.size)  # a small k_max: a partial sort, not a full one
   values, index = jax.lax.top_k(flat, k)
   take = (jnp.arange(k) < n) & (values > -jnp.inf)
   return jnp.zeros(flat.size, bool).at[index].set(take).reshape(score.shape)
@@ -209,7 +208,7 @@ def layer_activity(apply_fn, variables, x, kernel_paths) -> dict:
   return {p: seen[p[:-1]] for p in kernel_paths}
 
 
-def _layer_signals(params, variables_of, batches, spec: RewireSpec, paths, apply_fn, inputs, loss_fn):
+def _layer_signals(params, batches, spec: RewireSpec, paths, activity_fn, loss_fn):
   """Hebbian scores and dense-gradient magnitudes per sparse layer, averaged over batches."""
   need_hebbian = spec.prune in ('hebbian', 'mixed') or spec.grow == 'hebbian'
   need_gradient = spec.grow == 'gradient'
@@ -217,7 +216,7 @@ def _layer_signals(params, variables_of, batches, spec: RewireSpec, paths, apply
   def one_batch(b):
     hebbian, gradients = [None] * len(paths), [None] * len(paths)
     if need_hebbian:
-      activity = layer_activity(apply_fn, variables_of(params), inputs(b), paths)
+      activity = activity_fn(params, b)
       hebbian = [hebbian_scores(*activity[p]) for p in paths]
     if need_gradient:
       flat_g = traverse_util.flatten_dict(jax.grad(loss_fn)(params, b))
@@ -250,18 +249,41 @@ def rewire(params, opt_state, sparsity, batches, rng, *, spec, tx, step, apply_f
     now; -1 before any).
   """
   paths = sparse_paths(sparsity.masks)
+
+  def activity(p, b):
+    return layer_activity(apply_fn, sparsity.variables(p), inputs(b), paths)
+
+  params, sparsity, changed, info = rewire_masks(
+    params, sparsity, batches, rng, spec=spec, step=step, activity_fn=activity, loss_fn=loss_fn
+  )
+  if spec.reset_optimizer_state:
+    changed_tree = traverse_util.unflatten_dict({p: changed.get(p) for p in traverse_util.flatten_dict(sparsity.masks)})
+    opt_state = optax.tree_map_params(
+      tx, lambda v, c: v if c is None else jnp.where(c, jnp.zeros_like(v), v), opt_state, changed_tree
+    )
+  return params, opt_state, sparsity, info
+
+
+def rewire_masks(params, sparsity, batches, rng, *, spec, step, activity_fn, loss_fn=None):
+  """The model-independent core of a rewiring: (params, sparsity, changed, info), changed the
+  {kernel path: entries pruned or grown} whose optimizer moments a face resets.
+
+  activity_fn(params, batch) -> {kernel path: (pre [N, I], post [N, O])}, the Hebbian rule's
+  layer activity; loss_fn(params, batch) -> the loss, for gradient growth.
+  """
+  paths = sparse_paths(sparsity.masks)
   names = conn.layer_names(paths)
   flat_shapes = traverse_util.flatten_dict(sparsity.masks)
   for path, active in zip(paths, sparsity.active_edges, strict=True):
     if active >= flat_shapes[path].size:
       raise ValueError(
-        f'{"/".join(path)}: all {active} edges are present, so none can grow; a tiled layer needs '
+        f'{"/".join(map(str, path))}: all {active} edges are present, so none can grow; a tiled layer needs '
         'tile_density < 1 or p_intra < 1, a scattered one a density below 1'
       )
   if spec.candidates == 'same_kind' and sparsity.groups is None and not sparsity.layout:
     raise ValueError("RewireSpec.candidates = 'same_kind' needs groups: a 'g2g' ConnectivitySpec's layers")
 
-  hebbian, gradients = _layer_signals(params, sparsity.variables, batches, spec, paths, apply_fn, inputs, loss_fn)
+  hebbian, gradients = _layer_signals(params, batches, spec, paths, activity_fn, loss_fn)
   fraction = spec.fraction_at(step)
   flat_w = traverse_util.flatten_dict(params)
   flat_m = traverse_util.flatten_dict(sparsity.masks)
@@ -303,10 +325,5 @@ def rewire(params, opt_state, sparsity, batches, rng, *, spec, tx, step, apply_f
       layer_info['inter'] = jnp.sum(mask_after & ~same_group)
     info[name] = layer_info
 
-  if spec.reset_optimizer_state:
-    changed_tree = traverse_util.unflatten_dict({p: changed.get(p) for p in flat_m})
-    opt_state = optax.tree_map_params(
-      tx, lambda v, c: v if c is None else jnp.where(c, jnp.zeros_like(v), v), opt_state, changed_tree
-    )
   sparsity = sparsity.replace(masks=traverse_util.unflatten_dict(new_m), last_grown=traverse_util.unflatten_dict(new_g))
-  return traverse_util.unflatten_dict(new_w), opt_state, sparsity, info
+  return traverse_util.unflatten_dict(new_w), sparsity, changed, info

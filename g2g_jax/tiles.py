@@ -104,51 +104,72 @@ class TiledDense(nn.Module):
   features: int
   plan: TilePlan
   feature_major: bool = False
-  # Draws the kernel as [C, K x tile_in, tile_out], then stored as [C, tile_out, K, tile_in]:
-  # the flat order of [C, K, tile_in, tile_out], so a seed gives the weights it gave before
-  # the kernel's layout changed. in_axis=1 is the fan-in K x tile_in. A 3-D draw, because
-  # XLA:CPU took 0.74 s to compile a 4-D one (0.28 s for 3-D), at every run's start.
+  # Draws the kernel as [C, K x tile_in, tile_out], stored as [C, tile_out, K, tile_in]: the flat
+  # order of [C, K, tile_in, tile_out] (the seed's weights of the kernel's older layout).
+  # in_axis=1 is the fan-in K x tile_in; a 3-D draw compiles faster than a 4-D one.
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal(in_axis=1, out_axis=(0, 2))
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    lead = x.shape[:-1]
-    x = x if self.feature_major else x.reshape(-1, x.shape[-1]).T
-    n_in, b = x.shape
-    t_in, t_out, k = self.plan.tile_in, self.plan.tile_out, self.plan.num_slots
-    c_tiles, r_tiles = self.features // t_out, n_in // t_in
-    u = c_tiles * k // r_tiles
-
-    def zeros(shape):
-      return lambda: jnp.zeros(shape, jnp.int32)
-
-    idx = self.variable('layout', 'idx', zeros((c_tiles, k))).value
-    rev = self.variable('layout', 'rev', zeros((r_tiles, u))).value
-    self.variable('layout', 'intra', lambda: jnp.zeros((c_tiles, k), bool))
-    in_order = self.variable('layout', 'in_order', zeros((n_in,))).value
-    in_inverse = self.variable('layout', 'in_inverse', zeros((n_in,))).value
-    out_order = self.variable('layout', 'out_order', zeros((self.features,))).value
-    out_inverse = self.variable('layout', 'out_inverse', zeros((self.features,))).value
+    n_in = x.shape[0] if self.feature_major else x.shape[-1]
+    shapes = layout_shapes(n_in, self.features, self.plan)
+    layout = {
+      name: self.variable('layout', name, jnp.zeros, shape, dtype).value for name, (shape, dtype) in shapes.items()
+    }
 
     def init(key, shape, dtype=jnp.float32):
       c, o, k_, i = shape
       return from_ckio(self.kernel_init(key, (c, k_ * i, o), dtype).reshape(c, k_, i, o))
 
-    kernel = self.param('kernel', init, (c_tiles, t_out, k, t_in))
+    kernel = self.param('kernel', init, kernel_shape(n_in, self.features, self.plan))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    num_groups = r_tiles // self.plan.num_intra  # num_intra input tiles per group
-    if self.plan.permute_in == 'interleave':
-      x = interleave(x, n_in // num_groups)
-    elif self.plan.permute_in == 'gather':
-      x = permute(x, in_order, in_inverse)
-    tiles = gather_tiles(x.reshape(r_tiles, t_in, b), idx, rev)
-    y = tile_matmul(kernel, tiles).reshape(self.features, b)
-    if self.plan.permute_out == 'interleave':
-      y = interleave(y, num_groups)
-    elif self.plan.permute_out == 'gather':
-      y = permute(y, out_inverse, out_order)
-    y = y + bias[:, None]
-    return y if self.feature_major else y.T.reshape(*lead, self.features)
+    return tiled_apply(x, kernel, bias, layout, self.plan, self.feature_major)
+
+
+def kernel_shape(n_in: int, n_out: int, plan: TilePlan) -> tuple[int, int, int, int]:
+  """A tiled kernel's shape [C, tile_out, K, tile_in]."""
+  return n_out // plan.tile_out, plan.tile_out, plan.num_slots, plan.tile_in
+
+
+LAYOUT_NAMES = ('idx', 'rev', 'intra', 'in_order', 'in_inverse', 'out_order', 'out_inverse')
+
+
+def layout_shapes(n_in: int, n_out: int, plan: TilePlan) -> dict:
+  """{name: (shape, dtype)} of a tiled layer's layout arrays (connectivity.make_layout fills them)."""
+  c_tiles, r_tiles = n_out // plan.tile_out, n_in // plan.tile_in
+  k = plan.num_slots
+  return {
+    'idx': ((c_tiles, k), jnp.int32),
+    'rev': ((r_tiles, c_tiles * k // r_tiles), jnp.int32),
+    'intra': ((c_tiles, k), jnp.bool_),
+    'in_order': ((n_in,), jnp.int32),
+    'in_inverse': ((n_in,), jnp.int32),
+    'out_order': ((n_out,), jnp.int32),
+    'out_inverse': ((n_out,), jnp.int32),
+  }
+
+
+def tiled_apply(x, kernel_CxOxKxI, bias, layout: dict, plan: TilePlan, feature_major: bool = False) -> jax.Array:
+  """The tiled layer's output: x [..., n_in] (or [n_in, batch] feature-major) through the present
+  tiles of the kernel, plus the bias. TiledDense (Linen) and sparse_nnx.TiledLinear call it."""
+  lead = x.shape[:-1]
+  x = x if feature_major else x.reshape(-1, x.shape[-1]).T
+  n_in, b = x.shape
+  features = bias.shape[0]
+  r_tiles = n_in // plan.tile_in
+  num_groups = r_tiles // plan.num_intra  # num_intra input tiles per group
+  if plan.permute_in == 'interleave':
+    x = interleave(x, n_in // num_groups)
+  elif plan.permute_in == 'gather':
+    x = permute(x, layout['in_order'], layout['in_inverse'])
+  tiles = gather_tiles(x.reshape(r_tiles, plan.tile_in, b), layout['idx'], layout['rev'])
+  y = tile_matmul(kernel_CxOxKxI, tiles).reshape(features, b)
+  if plan.permute_out == 'interleave':
+    y = interleave(y, num_groups)
+  elif plan.permute_out == 'gather':
+    y = permute(y, layout['out_inverse'], layout['out_order'])
+  y = y + bias[:, None]
+  return y if feature_major else y.T.reshape(*lead, features)
 
 
 def to_dense(blocks_CxOxKxI, layout: dict, n_in: int, n_out: int) -> np.ndarray:
