@@ -8,9 +8,8 @@ experiments/reproduce/README.md, table 1): G2G mixer 61.61 ± 0.56%, FC v2 63.87
 about 3.5 minutes a run on the project's 2-core CPU.
 
 Data: tfds, or cifar-10-batches-bin / cifar-10-batches-py under data.dir
-(default ~/.cache/g2g_jax). On machines without internet, the JPEG copy in
-../shared/data: `python3 ../shared/data/prepare_cifar10.py ~/.cache/g2g_jax`
-(results from it must say they come from the JPEG copy).
+(default ~/.cache/g2g_jax); docs/data.md. The project's own results were trained on a JPEG
+copy of the images (labels and splits exact); their results lines say so.
 """
 
 import os

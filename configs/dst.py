@@ -5,7 +5,7 @@
 Every 1000 optimizer steps, each sparse hidden layer prunes 10% of its active edges and
 grows as many, so its density stays at 25.6%. The prune budget is split in thirds
 (smallest |w|, random, lowest Hebbian score) and growth picks the absent edges with the
-highest Hebbian score: the "paper-style" default of ../shared/PAPER.md. Other criteria
+highest Hebbian score: the "paper-style" default (docs/dst.md). Other criteria
 by override, e.g. --config.rewiring.prune=magnitude --config.rewiring.grow=random (SET),
 --config.rewiring.grow=gradient (RigL), --config.rewiring.fraction_schedule=cosine.
 Another dataset: --config.data.name=cifar10.

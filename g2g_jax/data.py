@@ -481,7 +481,8 @@ def _not_found_message(name: str, looked: list[str], data_dir: str) -> str:
     'fashion_mnist': f'apt-get install dataset-fashion-mnist (files go to {DEBIAN_FASHION_MNIST}), '
     f'or put the four IDX files (train-images-idx3-ubyte.gz, ...) in {data_dir}',
     'cifar10': f'put cifar-10-batches-bin/ or cifar-10-batches-py/ in {data_dir} '
-    f'(on these machines: python3 ../shared/data/prepare_cifar10.py {data_dir})',
+    '(cifar-10-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, unpacked), '
+    'or run where tfds can download it',
     'cifar100': f'put cifar-100-python/ in {data_dir}, or run where tfds can download it',
   }[name]
   return f'dataset {name!r} not found. Looked in: ' + '; '.join(looked) + f'. To get it: {how}.'

@@ -21,7 +21,7 @@ import studies  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATASET_TITLES = {
   'fashion_mnist': 'Fashion-MNIST (exact Debian IDX files)',
-  'cifar10': 'CIFAR-10 (the JPEG copy in ../shared/data, not the official pixels)',
+  'cifar10': 'CIFAR-10 (a JPEG copy of the images: labels and splits exact, pixels JPEG-lossy)',
   'cifar100': 'CIFAR-100',
   'cifar10_mixer': 'CIFAR-10 with an MLP-Mixer (the JPEG copy)',
   'smoke': 'smoke (synthetic data, for tests)',
@@ -56,9 +56,13 @@ STUDY_NOTES = {
   'none at step 4,400 of 5,850, an update every 200 steps. The claim needs a G2G row whose mean is above '
   "FC v2's by more than the sum of the two standard deviations.",
   'mixer': 'configs/cifar10_mixer.py: 64 tokens of 4 x 4 pixels, 128 channels, 2 blocks, token MLP 64 and '
-  "channel MLP 256 wide, GELU. The sparse layers are the MLPs' Dense kernels; head params count those MLPs. "
-  "G2G: mixer grouping, G = 8, p' = 0.15 (25.6% dense scattered, 25.0% with tiles); dense: the same Mixer with "
-  'dense MLPs. Everything else (optimizer, augmentation, init) as the G2GNet runs.',
+  'channel MLP 256 wide, GELU. The sparse layers are the MLPs\' Dense kernels (all 8, or with "channel MLPs" '
+  "the 4 channel-mixing ones); head params count all 8. G2G: mixer grouping, G = 8, p' = 0.15 (25.6% dense "
+  'scattered, 25.0% with tiles); ER: masks of the same density without groups. "dense at ... head params": '
+  "a dense Mixer whose MLP widths shrink by one factor until its head params are the sparse row's "
+  '(model.width_rule = match_g2g_params). Every row but "dense / lecun_normal" uses the `torch` init, stem '
+  "included; that row is the check of the reference Mixer's init, which hurt the dense Mixer here, so the "
+  'grid kept `torch`. Optimizer and augmentation as the G2GNet runs.',
   'budget': 'Three families at about the same active head parameters (0.35M, 0.69M = FC v1, 1.3M, 2.6M = FC v2), '
   'all with he_normal (the better init of every row in the CIFAR-10 init study): dense MLPs of several widths (and one '
   'wider), ER masks, and G2G mixer with scattered or tiled inter-group edges. A sparse point reaches its budget '
@@ -97,7 +101,15 @@ COMPARISONS = {
   + [('G2G w=1024 0.69M', 'dense w=469 (FC v1)'), ('G2G w=1024 1.3M', 'dense w=686')]
   + [(f'G2G tiles w={w} 1.3M', 'dense w=686') for w in (1024, 2048)]
   + [(f'G2G tiles w={w} 0.69M', 'dense w=1024 (FC v2)') for w in (2048, 4096)],
-  'mixer': [('G2G MLPs (scattered)', 'dense MLPs'), ('G2G MLPs (tiles)', 'dense MLPs')],
+  'mixer': [
+    ('G2G', 'ER'),  # a group effect outside an MLP?
+    ('G2G', "dense at G2G's head params"),  # does wide-sparse pay?
+    ('G2G', 'dense'),
+    ('G2G channel MLPs', 'G2G'),  # channel-only against all-kernel sparsity
+    ('G2G channel MLPs', "dense at channel G2G's head params"),
+    ('G2G tiles', 'G2G'),
+    ('dense / lecun_normal', 'dense'),
+  ],
   'challenge': [(e.name, 'FC v2') for e in studies.STUDIES['challenge'][1:]],
 }
 PNG_META = {'Software': None}  # no library version in the files: the same results give the same bytes
@@ -454,7 +466,8 @@ def build(results_dir: str, out_dir: str, figures: bool = True) -> str:
     'Each finished run appends one line to `experiments/results/<dataset>.jsonl` with its key (the config',
     'fields it changes), seed, kernel init, accuracies and curves, accounting, timing, the commit and the',
     "machine. The init column says which kernel initialisation each entry's runs used.",
-    'CIFAR-10 here is the JPEG copy (`python3 ../shared/data/prepare_cifar10.py ~/.cache/g2g_jax`).',
+    'CIFAR-10 here is a JPEG copy of the images in the official binary layout (labels and splits exact,',
+    'pixels JPEG-lossy; each results line names its data source); the official pixels may differ a little.',
     '',
   ]
   machines = sorted(

@@ -223,6 +223,11 @@ def _error_line(stderr: str, stdout: str) -> str:
   return tail[-1][:300] if tail else 'no output'
 
 
+def portable(text: str) -> str:
+  """Paths in `text` as any clone reads them: the repository's relative, the home folder's as ~."""
+  return text.replace(studies.ROOT + '/', '').replace(os.path.expanduser('~') + '/', '~/')
+
+
 def summarize(records: list[dict], num_epochs: int) -> dict:
   """What one finished run's metrics.jsonl says, in the shape of a results line."""
   evals = metrics.eval_records(records)
@@ -243,7 +248,7 @@ def summarize(records: list[dict], num_epochs: int) -> dict:
     'sparsity': last['sparsity'],
     'layer_density': last.get('layer_density'),  # None: a run from before records had it
     'flops_per_example': last['flops_per_example'],
-    'data_source': last['data_source'],
+    'data_source': portable(last['data_source']),
     'train_seconds': train_seconds,
     'compile_seconds': compile_seconds or 0.0,  # 0: a run that did not record it
     'examples_per_sec': sum(r['examples_per_sec'] for r in steady) / len(steady),
@@ -335,7 +340,7 @@ def run_one(dataset, study, entry, seed, key, changes, results, work_root, extra
     'num_epochs': config.num_epochs,
     **_summary(name, workdir, config.num_epochs),
     'wall_seconds': wall,
-    'command': ' '.join(cmd[1:]).replace(studies.ROOT + '/', ''),
+    'command': portable(' '.join(cmd[1:])),
     'commit': _commit(),
     'backend': said.group(1) if said else 'unknown',
     'machine': f'{platform.machine()} {os.cpu_count()} cpus',
