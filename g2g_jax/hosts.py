@@ -46,6 +46,10 @@ def initialize(coordinator_address: str = '', num_processes: int = 0, process_id
   else:
     return
   logging.info('process %d of %d; devices: %d local, %d in all', *process_summary())
+  if jax.default_backend() == 'cpu' and jax.config.jax_compilation_cache_dir:
+    # JAX 0.12: a multi-process CPU program loaded from the persistent cache hangs in its first collective
+    jax.config.update('jax_enable_compilation_cache', False)
+    logging.warning('multi-process run on CPUs: the persistent compilation cache is off (programs compile afresh)')
 
 
 def process_summary() -> tuple[int, int, int, int]:

@@ -73,7 +73,10 @@ def test_two_processes_equal_one_process_with_two_devices_also_after_a_kill(tmp_
     procs = start_pair(tmp_path / 'killed')
     deadline = time.time() + 120
     while not glob.glob(str(tmp_path / 'killed' / 'checkpoints' / '8')):  # mid-run: epoch 1 saved
-      assert time.time() < deadline and all(p.poll() is None for p in procs)
+      if time.time() > deadline or any(p.poll() is not None for p in procs):
+        for p in procs:
+          p.kill()
+        raise AssertionError('no checkpoint at step 8: ' + ' | '.join(p.communicate()[1][-1500:] for p in procs))
       time.sleep(0.05)
     procs[1].send_signal(signal.SIGKILL)  # one host dies; its partner is then stopped too
     procs[1].wait()
