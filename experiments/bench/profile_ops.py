@@ -104,7 +104,7 @@ def op_durations(trace_dir: str) -> collections.Counter:
 
 
 def profile(width: int, variant: str) -> dict:
-  v = bench.setup(width, variant)
+  v = bench.linen_variant(bench.layer_config(width, variant))
   for _ in range(2):
     bench.time_round(v)
   with tempfile.TemporaryDirectory() as tmp:
