@@ -390,3 +390,12 @@ def test_the_mixer_trains_rewires_and_resumes_exactly(tmp_path):
       assert int(m1.sum()) == int(m0.sum()) and bool(jnp.any(m1 != m0))
   evals = [r for r in rows['straight'] if r['kind'] == 'eval']
   assert 0.6 < evals[-1]['sparsity'] < 0.7 and evals[-1]['head_params'] < evals[-1]['total_params']
+
+
+def test_the_loops_hot_path_refuses_implicit_transfers(monkeypatch, tmp_path):
+  """The loop's steps run under JAX's transfer guard: a host batch slipped into a step fails the run."""
+  config = load_config('smoke')
+  config.num_epochs = 1
+  monkeypatch.setattr(input_pipeline.TrainBatches, 'device_batch', lambda self, step, sharding: self.batch(step))
+  with pytest.raises(Exception, match='Disallowed host-to-device transfer'):
+    train.train_and_evaluate(config, str(tmp_path))
