@@ -157,12 +157,12 @@ class StepRunner(Runner):
   def run_chunk(self, state, step: int, n: int):
     metrics = []
     for i in range(n):
-      batch = self.batches.device_batch(step + i, self.train_sharding)  # while the last step runs
       # One program in flight, the stop check's collective included: two in flight can meet
       # in different orders on two processes and wait for each other for ever.
       jax.block_until_ready(metrics[-1:])
       if i and self.should_stop():  # a stop request ends the chunk at this step boundary
         break
+      batch = self.batches.device_batch(step + i, self.train_sharding)
       state, m = self._train(state, batch)
       metrics.append(m)
     return state, _per_step(metrics)
