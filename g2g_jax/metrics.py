@@ -113,31 +113,46 @@ def _ends_whole(path: str) -> bool:
     return f.read(1) == b'\n'
 
 
-def read_records(workdir: str) -> list[dict]:
-  """The records of WORKDIR/metrics.jsonl, oldest first ([] when there is none).
+class BadLine(ValueError):
+  """A line of a JSON-lines file that is not a record; the message names the file and the line."""
 
-  A half-written last line (what a crash during an append leaves) is left out; any other
-  line that is not JSON is a WorkdirError naming the file and the line.
-  """
-  path = os.path.join(workdir, METRICS_FILE)
+
+def read_json_lines(path: str, required: set[str], what: str) -> tuple[list[dict], str | None]:
+  """The records (JSON objects with the `required` keys) of a JSON-lines file, oldest first
+  ([] when there is no file), and a warning when its last line was left out as half-written
+  (no newline after it: an append that never finished). Any other line that is not a record
+  raises BadLine: '<path>: line <n> is not a <what> (<why>)'."""
   if not os.path.exists(path):
-    return []
+    return [], None
   with open(path) as f:
     lines = f.read().split('\n')
-  records = []
+  records, warning = [], None
   for number, line in enumerate(lines, 1):
     if not line.strip():
       continue
     try:
       record = json.loads(line)
+      if not isinstance(record, dict) or not required <= set(record):
+        raise ValueError(f'not an object with {", ".join(sorted(required))}')
     except ValueError as e:
-      if number == len(lines):  # no newline after it: the append never finished
-        logging.warning('%s: line %d is half-written (%s); left out', path, number, e)
+      if number == len(lines):
+        warning = f'{path}: line {number} is half-written ({e}); left out'
         continue
-      raise WorkdirError(f'{path}: line {number} is not a record ({e}); move the file away to resume') from None
-    if not isinstance(record, dict) or 'step' not in record:
-      raise WorkdirError(f'{path}: line {number} is not a record; move the file away to resume')
+      raise BadLine(f'{path}: line {number} is not a {what} ({e})') from None
     records.append(record)
+  return records, warning
+
+
+def read_records(workdir: str) -> list[dict]:
+  """The records of WORKDIR/metrics.jsonl, oldest first ([] when there is none). A
+  half-written last line is left out; any other line that is not a record is a WorkdirError
+  naming the file and the line."""
+  try:
+    records, warning = read_json_lines(os.path.join(workdir, METRICS_FILE), {'step'}, 'record')
+  except BadLine as e:
+    raise WorkdirError(f'{e}; move the file away to resume') from None
+  if warning:
+    logging.warning('%s', warning)
   return records
 
 

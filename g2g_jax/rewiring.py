@@ -258,10 +258,17 @@ def rewire(params, opt_state, sparsity, batches, rng, *, spec, tx, step, apply_f
   )
   if spec.reset_optimizer_state:
     changed_tree = traverse_util.unflatten_dict({p: changed.get(p) for p in traverse_util.flatten_dict(sparsity.masks)})
-    opt_state = optax.tree_map_params(
-      tx, lambda v, c: v if c is None else jnp.where(c, jnp.zeros_like(v), v), opt_state, changed_tree
-    )
+    opt_state = zero_moments(tx, opt_state, changed_tree)
   return params, opt_state, sparsity, info
+
+
+def zero_moments(tx: optax.GradientTransformation, opt_state, changed_tree):
+  """tx's state with the entries of changed weights set to 0 in every params-shaped part (Adam's
+  mu and nu, say). changed_tree has the params' structure: a bool array where a kernel's edges
+  changed, None elsewhere."""
+  return optax.tree_map_params(
+    tx, lambda v, c: v if c is None else jnp.where(c, jnp.zeros_like(v), v), opt_state, changed_tree
+  )
 
 
 def rewire_masks(params, sparsity, batches, rng, *, spec, step, activity_fn, loss_fn=None):

@@ -295,20 +295,14 @@ def rewire(model, optimizer, batches, rng, *, spec: RewireSpec, step, forward=No
     getattr(module, f'{original[-1]}_mask').set_value(flat_masks[path])
     getattr(module, f'{original[-1]}_grown').set_value(flat_grown[path])
   if spec.reset_optimizer_state and optimizer is not None:
-    _reset_moments(optimizer, {originals[p]: c for p, c in changed.items()})
+    _reset_moments(model, optimizer, {originals[p]: c for p, c in changed.items()})
   return info
 
 
-def _reset_moments(optimizer, changed: dict):
-  """Zeroes the optimizer state's entries of changed weights: every state leaf whose path ends
-  with a changed kernel's path and has its shape (Adam's mu and nu, say)."""
-
-  def reset(key_path, leaf):
-    keys = tuple(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', None))) for k in key_path)
-    for path, c in changed.items():
-      if keys[-len(path) :] == path and np.shape(leaf) == c.shape:
-        return jnp.where(c, jnp.zeros_like(leaf), leaf)
-    return leaf
-
-  state = jax.tree_util.tree_map_with_path(reset, nnx.as_pure(optimizer.opt_state))
+def _reset_moments(model, optimizer, changed: dict):
+  """Zeroes the optimizer's moments of changed weights: rewiring.zero_moments over the model's
+  Params (the nnx.Optimizer's wrt=nnx.Param), by the optimizer's own structure."""
+  params = nnx.as_pure(nnx.state(model, nnx.Param))
+  changed_tree = nnx.State.from_flat_path({path: changed.get(path) for path, _ in params.flat_state()})
+  state = rewiring.zero_moments(optimizer.tx, nnx.as_pure(optimizer.opt_state), changed_tree)
   nnx.update(optimizer.opt_state, nnx.state(state))

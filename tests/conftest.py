@@ -29,6 +29,16 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def readme_example(k: int) -> str:
+  """The k-th Python block of the README's "G2G in your own model" section (0: Linen, 1: NNX)."""
+  import re
+
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    text = f.read()
+  section = text[text.index('## G2G in your own model') :]
+  return re.findall(r'```python\n(.*?)```', section, re.S)[k]
+
+
 def load_config(name: str = 'smoke', row: str = 'g2g'):
   """A config file from configs/ as the CLI would load it."""
   import importlib.util

@@ -285,14 +285,22 @@ def test_a_signal_during_a_background_save_keeps_that_checkpoint_too(tmp_path, s
   assert_resumes_exactly(tmp_path, straight)
 
 
-def test_sigterm_from_outside_exits_75_with_one_line(tmp_path):
-  args = ['--config=configs/smoke.py', f'--workdir={tmp_path}', '--config.num_epochs=500', '--config.progress=none']
+def start_training(workdir) -> subprocess.Popen:
+  """A long smoke run on the command line, returned once it has saved its first checkpoint."""
+  args = ['--config=configs/smoke.py', f'--workdir={workdir}', '--config.num_epochs=500', '--config.progress=none']
   proc = subprocess.Popen([sys.executable, '-m', 'g2g_jax.main', *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while not glob.glob(str(workdir / 'checkpoints' / '[0-9]*')):  # training has begun
+    if time.time() > deadline or proc.poll() is not None:
+      proc.kill()
+      raise AssertionError(f'no checkpoint within 120 s: {proc.communicate()[1][-2000:]}')
+    time.sleep(0.2)
+  return proc
+
+
+def test_sigterm_from_outside_exits_75_with_one_line(tmp_path):
+  proc = start_training(tmp_path)
   try:
-    deadline = time.time() + 120
-    while not glob.glob(str(tmp_path / 'checkpoints' / '[0-9]*')):  # training has begun
-      assert time.time() < deadline and proc.poll() is None
-      time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
   finally:
@@ -489,13 +497,8 @@ def test_a_signal_before_training_ends_at_once_with_its_status_and_one_line(tmp_
 
 @pytest.mark.parametrize('signum,status', [(signal.SIGTERM, 75), (signal.SIGHUP, 129)])
 def test_a_second_signal_while_stopping_keeps_the_first_ones_status(tmp_path, signum, status):
-  args = ['--config=configs/smoke.py', f'--workdir={tmp_path}', '--config.num_epochs=500', '--config.progress=none']
-  proc = subprocess.Popen([sys.executable, '-m', 'g2g_jax.main', *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  proc = start_training(tmp_path)
   try:
-    deadline = time.time() + 120
-    while not glob.glob(str(tmp_path / 'checkpoints' / '[0-9]*')):  # training has begun
-      assert time.time() < deadline and proc.poll() is None
-      time.sleep(0.2)
     proc.send_signal(signum)
     time.sleep(0.02)
     proc.send_signal(signal.SIGINT)

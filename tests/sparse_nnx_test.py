@@ -3,8 +3,6 @@ variables through optimizers, transforms and checkpoints, every rewiring criteri
 
 import functools
 import itertools
-import os
-import re
 import tempfile
 
 import jax
@@ -15,17 +13,10 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from conftest import ROOT
+from conftest import readme_example
 from g2g_jax import connectivity as conn
 from g2g_jax import rewiring, sparse_nnx, tiles
 from g2g_jax.sparse_nnx import ConnectivitySpec, RewireSpec
-
-
-def readme_nnx_example() -> str:
-  with open(os.path.join(ROOT, 'README.md')) as f:
-    text = f.read()
-  section = text[text.index('## G2G in your own model') :]
-  return re.findall(r'```python\n(.*?)```', section, re.S)[1]
 
 
 def masks_of(model) -> dict:
@@ -33,7 +24,7 @@ def masks_of(model) -> dict:
 
 
 def test_the_readme_example_keeps_density_exact_and_pruned_weights_zero_across_rewiring_and_a_restore():
-  code = readme_nnx_example()
+  code = readme_example(1)
   assert len([line for line in code.splitlines() if line.strip()]) <= 40
   namespace = {}
   exec(compile(code, 'README.md', 'exec'), namespace)  # noqa: S102 (the README's own code, run as a user would)

@@ -2,8 +2,6 @@
 the MLP-Mixer against the masked layer."""
 
 import functools
-import os
-import re
 
 import flax.linen as nn
 import jax
@@ -13,20 +11,13 @@ import optax
 import pytest
 from flax import traverse_util
 
-from conftest import ROOT
+from conftest import readme_example
 from g2g_jax import connectivity as conn
 from g2g_jax import models, rewiring, sparse, tiles
 
 
-def readme_example() -> str:
-  with open(os.path.join(ROOT, 'README.md')) as f:
-    text = f.read()
-  section = text[text.index('## G2G in your own model') :]
-  return re.search(r'```python\n(.*?)```', section, re.S).group(1)
-
-
 def test_the_readme_example_keeps_density_exact_and_pruned_weights_zero_across_rewiring():
-  code = readme_example()
+  code = readme_example(0)
   assert len([line for line in code.splitlines() if line.strip()]) <= 45
   namespace = {}
   exec(compile(code, 'README.md', 'exec'), namespace)  # noqa: S102 (the README's own code, run as a user would)

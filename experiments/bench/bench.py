@@ -250,9 +250,8 @@ def linen_same_work(state, batch):
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss
 
 
-def nnx_model(config, linen_state):
+def nnx_model(spec, linen_state):
   """The NNX twin of the Linen run: its params and masks copied in."""
-  spec = config_lib.parse_config(config)
   model = NNXG2GNet(spec, rngs=nnx.Rngs(0))
   sparse_nnx.sparsify(model, dataclasses.replace(spec.connectivity, sparse_kernels='hidden/*/kernel'), spec.seed)
   p = jax.tree.map(jnp.copy, linen_state.params)  # copies: a donating step deletes its inputs
@@ -267,21 +266,21 @@ def nnx_model(config, linen_state):
   return model, linen_state.tx  # the run's optimizer
 
 
-def nnx_variants(config, linen_state, batch) -> dict:
+def nnx_variants(spec, linen_state, batch) -> dict:
   key = jax.random.fold_in(linen_state.key, linen_state.step)  # train_step's key at its step
   variants = {}
 
-  model, tx = nnx_model(config, linen_state)
+  model, tx = nnx_model(spec, linen_state)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   jitted = nnx.jit(nnx_step, donate_argnums=(0, 1))
   variants['nnx.jit'] = {'run': lambda s: (s, jitted(*s, batch, key)), 'state': (model, optimizer)}
 
-  model, tx = nnx_model(config, linen_state)
+  model, tx = nnx_model(spec, linen_state)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   cached = nnx.cached_partial(nnx.jit(nnx_step), model, optimizer)
   variants['nnx.cached_partial'] = {'run': lambda s: (s, cached(batch, key)), 'state': None}
 
-  model, tx = nnx_model(config, linen_state)
+  model, tx = nnx_model(spec, linen_state)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   graphdef, state = nnx.split((model, optimizer))
 
@@ -302,15 +301,12 @@ def suite_nnx() -> list[dict]:
   results = []
   for width in map(int, _WIDTHS.value):
     config = layer_config(width, 'masked')
-    linen = linen_variant(config)
-    # the twin starts from the Linen run's initial state; linen_variant has taken one step already
-    start = train.init_state(config_lib.parse_config(config))
-    batch = jax.device_put(_batch(config_lib.parse_config(config).data.info.image_shape))
-    same = jax.jit(linen_same_work, donate_argnums=0)
-    plain = {'run': _on(same, batch), 'state': train.init_state(config_lib.parse_config(config))}
+    linen = linen_variant(config)  # it has taken one step: the others start from a fresh state
+    spec, batch = config_lib.parse_config(config), linen['batch']
+    plain = {'run': _on(jax.jit(linen_same_work, donate_argnums=0), batch), 'state': train.init_state(spec)}
     plain['state'], loss = plain['run'](plain['state'])  # compile
     plain['first_loss'] = float(loss)
-    built = {'linen train_step': linen, 'linen, same work': plain, **nnx_variants(config, start, batch)}
+    built = {'linen train_step': linen, 'linen, same work': plain, **nnx_variants(spec, train.init_state(spec), batch)}
     for name, v in built.items():
       if v['first_loss'] != linen['first_loss']:
         print(f'  note: {name} first-step loss {v["first_loss"]!r} vs Linen {linen["first_loss"]!r}')

@@ -62,27 +62,12 @@ def read_results(path: str) -> list[dict]:
   """The results lines of a file, oldest first. A half-written last line (a runner killed while
   appending) is skipped with a warning; any other line that is not a results record is an error
   naming the file and the line."""
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    text = f.read()
-  lines = text.split('\n')
-  records = []
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-      if not isinstance(record, dict) or not {'key', 'seed'} <= set(record):
-        raise ValueError('not a results record')
-    except ValueError as e:
-      if number == len(lines):  # no newline after it: the append never finished
-        print(f'warning: {path}: line {number} is half-written ({e}); skipped', file=sys.stderr, flush=True)
-        continue
-      raise RunnerError(
-        f'{path}: line {number} is not a results record ({e}); fix or remove that line', EXIT_DATA
-      ) from None
-    records.append(record)
+  try:
+    records, warning = metrics.read_json_lines(path, {'key', 'seed'}, 'results record')
+  except metrics.BadLine as e:
+    raise RunnerError(f'{e}; fix or remove that line', EXIT_DATA) from None
+  if warning:
+    print(f'warning: {warning}', file=sys.stderr, flush=True)
   return records
 
 
